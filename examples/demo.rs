@@ -1,0 +1,46 @@
+//! The demo: the standalone server plus a few handlers written with the library.
+//!
+//! ```text
+//! cargo run --release --example demo -- --allow-anonymous
+//! ```
+//!
+//! - ask `echo`: replies with its data.
+//! - ask `whoami`: replies `{"user", "client", "instance"}`.
+//! - tell `echo`: tells the same client `echo` with the same data.
+//! - ask `spawn`: answers `not_found` until cores land.
+
+use scaled_sockets::{App, CommandError, Context, Data};
+
+async fn echo(_cx: Context, data: Data) -> Result<Data, CommandError> {
+    Ok(data)
+}
+
+async fn whoami(cx: Context, _data: Data) -> Result<Data, CommandError> {
+    Data::json(&serde_json::json!({
+        "user": cx.user.as_deref(),
+        "client": &*cx.client,
+        "instance": cx.instance(),
+    }))
+}
+
+async fn tell_echo(cx: Context, data: Data) {
+    if let Err(e) = cx.sockets.tell_client(&cx.client, "echo", &data).await {
+        tracing::warn!(error = %e, "echo tell failed");
+    }
+}
+
+async fn spawn(_cx: Context, _data: Data) -> Result<Data, CommandError> {
+    Err(CommandError::not_found(
+        "cores are not available in this version",
+    ))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let app = App::new()
+        .ask("echo", echo)
+        .ask("whoami", whoami)
+        .ask("spawn", spawn)
+        .tell("echo", tell_echo);
+    scaled_sockets::cli::run(app).await
+}

@@ -1,0 +1,77 @@
+//! Server limits and timeouts, with the documented defaults.
+
+use scaled_sockets_scaler::PublishOptions;
+use std::time::Duration;
+
+/// Everything tunable about one server instance. `Config::default()` holds the
+/// defaults documented in SERVER.md and docs/protocol.md.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This instance's id in the cluster (a new UUID by default).
+    pub instance_id: String,
+    /// The address peers and `/api/cluster` show for this instance.
+    pub advertised_address: String,
+    /// Largest accepted WebSocket frame (and message); larger: close 1009.
+    pub max_frame_bytes: usize,
+    /// Subscriptions per connection; more: `limit_exceeded`.
+    pub max_subscriptions: usize,
+    /// Publishes per second per connection (burst twice that); 0 = unlimited.
+    pub publish_rate: u32,
+    /// Server ping period; a client silent for two periods is closed with 4010.
+    pub ping_interval: Duration,
+    /// Time allowed between the upgrade and `connect`; then close 4009.
+    pub handshake_timeout: Duration,
+    /// Bound on a graceful shutdown.
+    pub drain_timeout: Duration,
+    /// How long a session stays resumable after its last connection closed.
+    pub resume_window: Duration,
+    /// Frames queued for one connection before it counts as a slow consumer
+    /// (closed with 4008), so one slow client never stalls the others.
+    pub outbound_queue: usize,
+    /// Initial capacity of a socket's read buffer, in bytes. Small, because an
+    /// idle socket should cost little; it grows for large frames.
+    pub read_buffer_bytes: usize,
+    /// How channel history is kept (size and TTL).
+    pub history: PublishOptions,
+    /// Most publications replayed to one recovering subscription.
+    pub recovery_limit: usize,
+    /// Bound on any scaler call made for a client (then `unavailable`).
+    pub scaler_timeout: Duration,
+    /// Time an `ask` handler (or a client answering a server ask) may take.
+    pub ask_timeout: Duration,
+    /// Registry heartbeat period; the registry forgets an instance after
+    /// `heartbeat_interval * 5` without one.
+    pub heartbeat_interval: Duration,
+    /// More bad frames than this within 10 s close the connection with 4000.
+    pub max_bad_frames: u32,
+    /// Key for the HTTP API (`/api/*`); `None` disables it (404).
+    pub api_key: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            advertised_address: String::new(),
+            max_frame_bytes: 65_536,
+            max_subscriptions: 128,
+            publish_rate: 1000,
+            ping_interval: Duration::from_millis(25_000),
+            handshake_timeout: Duration::from_millis(10_000),
+            drain_timeout: Duration::from_millis(10_000),
+            resume_window: Duration::from_secs(120),
+            outbound_queue: 1024,
+            read_buffer_bytes: 512,
+            history: PublishOptions {
+                history_size: 1000,
+                history_ttl: Duration::from_secs(600),
+            },
+            recovery_limit: 1000,
+            scaler_timeout: Duration::from_secs(5),
+            ask_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            max_bad_frames: 10,
+            api_key: None,
+        }
+    }
+}

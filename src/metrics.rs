@@ -1,0 +1,65 @@
+//! Counters exported at `/metrics` in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! metrics {
+    ($( $(#[$doc:meta])* $name:ident : $kind:literal ),+ $(,)?) => {
+        /// One instance's counters and gauges. All relaxed atomics: they are
+        /// statistics, not synchronisation.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[$doc])* pub $name: AtomicU64, )+
+        }
+
+        impl Metrics {
+            /// Renders the Prometheus text format.
+            pub fn render(&self, instance: &str, scaler: &str, ready: bool) -> String {
+                let mut out = String::with_capacity(2048);
+                $(
+                    let _ = writeln!(out, "# TYPE scaled_sockets_{} {}", stringify!($name), $kind);
+                    let _ = writeln!(out, "scaled_sockets_{}{{instance=\"{}\"}} {}", stringify!($name), instance, self.$name.load(Relaxed));
+                )+
+                let _ = writeln!(out, "# TYPE scaled_sockets_ready gauge");
+                let _ = writeln!(out, "scaled_sockets_ready{{instance=\"{instance}\",scaler=\"{scaler}\"}} {}", u8::from(ready));
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Open, welcomed WebSocket connections.
+    connections: "gauge",
+    /// Connections welcomed since start.
+    connections_total: "counter",
+    /// Connections closed because their outbound queue was full.
+    slow_consumer_closes_total: "counter",
+    /// Frames answered `bad_request`.
+    bad_frames_total: "counter",
+    /// Publications accepted (WebSocket and HTTP).
+    publications_total: "counter",
+    /// Publications received from the scaler feed (each encoded once).
+    feed_publications_total: "counter",
+    /// Frames queued to sockets.
+    frames_queued_total: "counter",
+    /// Times the scaler feed lost its backend connection.
+    feed_interruptions_total: "counter",
+    /// Feed events dropped by the scaler's hand-off queue (repaired from history).
+    feed_dropped_total: "counter",
+    /// Subscriptions whose missed messages were replayed from history.
+    recoveries_total: "counter",
+    /// Subscriptions told `recovered:false`.
+    recovery_failures_total: "counter",
+    /// Publishes answered `unavailable`.
+    unavailable_total: "counter",
+    /// Channels this instance holds a backend subscription for.
+    backend_topics: "gauge",
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,129 @@
+//! Accepting connections and shutting down gracefully.
+
+use crate::{
+    app::App,
+    config::Config,
+    error::Error,
+    http::ScaledSocketsService,
+    node::{Node, Sockets},
+};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use scaled_sockets_scaler::Scaler;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One running instance: its node (cluster link and sockets) plus the HTTP
+/// front. Start it with [`Server::start`], then either [`Server::serve`] it on a
+/// listener or mount [`Server::service`] in your own hyper or axum app.
+#[derive(Debug)]
+pub struct Server {
+    node: Arc<Node>,
+}
+
+impl Server {
+    /// Joins the cluster through `scaler` (opens the feed, registers the
+    /// instance) and starts the background tasks.
+    pub async fn start(config: Config, scaler: Arc<dyn Scaler>, app: App) -> Result<Self, Error> {
+        Ok(Self {
+            node: Node::start(config, scaler, app).await?,
+        })
+    }
+
+    /// The app-facing handle: publish, tell, ask... anywhere in the cluster.
+    pub fn sockets(&self) -> Sockets {
+        Sockets {
+            node: self.node.clone(),
+        }
+    }
+
+    /// Every route (`/ws`, `/healthz`, `/readyz`, `/metrics`, `/api/*`) as a
+    /// hyper and tower service.
+    pub fn service(&self) -> ScaledSocketsService {
+        ScaledSocketsService {
+            node: self.node.clone(),
+            websocket_only: false,
+        }
+    }
+
+    /// Only the WebSocket endpoint, answering upgrades on whatever path it is
+    /// mounted at.
+    pub fn websocket_service(&self) -> ScaledSocketsService {
+        ScaledSocketsService {
+            node: self.node.clone(),
+            websocket_only: true,
+        }
+    }
+
+    /// Drains: new upgrades and `/readyz` answer 503, clients get `disconnect`
+    /// (1012, reconnect) and are closed, the instance leaves the cluster. Waits at
+    /// most the configured drain timeout. Use it when you mount the service in
+    /// your own server; [`Server::serve`] calls it for you.
+    pub async fn drain(&self) {
+        self.node.drain().await;
+    }
+
+    /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
+    /// drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let service = self.service();
+        // Plain HTTP connections stop at shutdown; upgraded sockets are drained
+        // by the node (they have left hyper by then).
+        let stop_http = CancellationToken::new();
+        let (http_root, http_waiter) = crate::shutdown::drain_pair();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off
+                            // instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service.clone())
+                        .with_upgrades();
+                    let stop = stop_http.clone();
+                    let guard = http_root.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        tokio::pin!(conn);
+                        let result = tokio::select! {
+                            r = conn.as_mut() => r,
+                            () = stop.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "http connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!("draining");
+        self.node.drain().await;
+        // Plain HTTP requests in flight get a moment to finish.
+        stop_http.cancel();
+        drop(http_root);
+        let _ = tokio::time::timeout(Duration::from_secs(1), http_waiter.wait()).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
