@@ -52,7 +52,7 @@ struct TopicEntry {
 
 /// A message between instances, sent to an instance's inbox topic.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")] // externally tagged: RawValue cannot pass through an internally tagged enum
 enum Direct {
     Tell {
         client: String,

@@ -1,0 +1,280 @@
+//! Shared helpers for the integration tests: in-process servers on ephemeral
+//! loopback ports, a raw protocol client, and the demo handlers.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use scaled_sockets::{App, CommandError, Config, Context, Data, Scaler, Server, Sockets};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, protocol::frame::coding::CloseCode},
+};
+
+/// How long a test waits for any single expected frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The demo's handlers (echo, whoami, tell echo), anonymous access allowed.
+pub fn demo_app() -> App {
+    App::new()
+        .authenticator(scaled_sockets::AllowAnonymous)
+        .ask("echo", |_cx: Context, data: Data| async move { Ok::<_, CommandError>(data) })
+        .ask("whoami", |cx: Context, _data: Data| async move {
+            Data::json(&json!({"user": cx.user.as_deref(), "client": &*cx.client, "instance": cx.instance()}))
+        })
+        .tell("echo", |cx: Context, data: Data| async move {
+            let _ = cx.sockets.tell_client(&cx.client, "echo", &data).await;
+        })
+}
+
+/// A config for tests: fast heartbeats, otherwise defaults.
+pub fn test_config(instance: &str) -> Config {
+    Config {
+        instance_id: instance.to_owned(),
+        heartbeat_interval: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// One server instance running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub sockets: Sockets,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config, scaler: Arc<dyn Scaler>, app: App) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = Config {
+            advertised_address: addr.to_string(),
+            ..config
+        };
+        let server = Server::start(config, scaler, app)
+            .await
+            .expect("start server");
+        let sockets = server.sockets();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve");
+        });
+        Self {
+            addr,
+            sockets,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Drains the server and waits for it to stop.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server stopped within the drain bound")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A client speaking raw protocol frames.
+pub struct Raw {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16),
+    NoCloseFrame,
+}
+
+impl Raw {
+    pub async fn open(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.expect("websocket connect");
+        Self { ws }
+    }
+
+    /// Opens and sends `connect` (anonymous), returning the welcome.
+    pub async fn connect(url: &str) -> (Self, Value) {
+        Self::connect_with(url, json!({"type": "connect"})).await
+    }
+
+    pub async fn connect_with(url: &str, connect: Value) -> (Self, Value) {
+        let mut raw = Self::open(url).await;
+        raw.send(connect).await;
+        let welcome = raw.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (raw, welcome)
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// Next JSON frame, skipping server pings.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("frame");
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("server sent JSON");
+                    if v["type"] == "ping" {
+                        continue;
+                    }
+                    return v;
+                }
+                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next frame of `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a command and returns its answer (frames before it are skipped
+    /// only if they carry no matching id).
+    pub async fn call(&mut self, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        self.send(frame).await;
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id && (v["type"] == "reply" || v["type"] == "error") {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the connection ends; returns the close code.
+    pub async fn closed(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close within the wait")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Ended::Closed(u16::from(frame.code));
+                }
+                Some(Ok(Message::Close(None))) => return Ended::Closed(CloseCode::Status.into()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::NoCloseFrame,
+            }
+        }
+    }
+
+    /// Asserts nothing but pings arrives for `wait`.
+    pub async fn quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"ping\"") => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 request (no client library needed); returns status and body.
+pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = TcpStream::connect(host).await.expect("http connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.expect("http write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("http answer within the wait")
+        .expect("http read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {limit:?}: {what}");
+}
