@@ -28,7 +28,8 @@ use crate::{
     rate_limit::TokenBucket,
     shutdown::DrainGuard,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use scaled_sockets_scaler::{HistoryPage, HistoryRequest, PresenceEntry, StreamPosition, Topic};
 use serde::{Deserialize, Serialize};
@@ -37,16 +38,17 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::{pin::Pin, task::Poll};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Error as WsError, Message, Utf8Bytes,
-        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
 
@@ -122,7 +124,10 @@ pub(crate) struct ConnHandle {
     /// Node clock ms of the last frame from the client.
     pub last_seen_ms: AtomicU64,
     tx: mpsc::Sender<Outbound>,
-    kill: Notify,
+    /// Set once the connection must close; `waker` wakes its task. (A flag and
+    /// a waker cost less per connection than a `Notify` and its future.)
+    killed: AtomicBool,
+    waker: AtomicWaker,
     kill_reason: Mutex<Option<(u16, Cow<'static, str>, bool)>>,
 }
 
@@ -155,7 +160,17 @@ impl ConnHandle {
             *slot = Some((code, reason, reconnect));
         }
         drop(slot);
-        self.kill.notify_one();
+        self.killed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once killed; registers the task to be woken otherwise.
+    fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.killed.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.killed.load(Ordering::Acquire)
     }
 
     fn take_kill_reason(&self) -> (u16, Cow<'static, str>, bool) {
@@ -254,15 +269,45 @@ enum Exit {
     Close(u16, Cow<'static, str>, bool),
 }
 
-/// Serves one upgraded socket to completion.
-pub(crate) async fn serve_socket(node: Arc<Node>, mut ws: Socket, _guard: DrainGuard) {
-    let Some((identity, connect)) = handshake(&node, &mut ws).await else {
+/// Serves one connection from its HTTP upgrade to its end.
+///
+/// Everything before the main loop (waiting for the upgrade, the handshake,
+/// authentication, the welcome) runs in one boxed future that is freed when it
+/// is done: an unboxed state machine would keep its size for the whole life of
+/// the connection, and an idle socket should cost as little as possible.
+pub(crate) async fn serve_upgrade(
+    node: Arc<Node>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    guard: DrainGuard,
+) {
+    let Some((conn, rx, ws)) = Box::pin(set_up(node, on_upgrade)).await else {
         return;
     };
-    let Some((conn, rx)) = welcome(node, &mut ws, identity, connect).await else {
-        return;
+    let (mut conn, mut rx, mut ws) = (conn, rx, ws);
+    // By reference: rustc keeps an async fn's arguments in its state twice
+    // (as passed, and as moved into locals), which would double the biggest
+    // part of every idle connection.
+    run(&mut conn, &mut rx, &mut ws).await;
+    drop(guard);
+}
+
+async fn set_up(
+    node: Arc<Node>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(Conn, mpsc::Receiver<Outbound>, Socket)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
     };
-    run(conn, rx, ws).await;
+    let config = websocket_config(&node);
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (identity, connect) = handshake(&node, &mut ws).await?;
+    let (conn, rx) = welcome(node, &mut ws, identity, connect).await?;
+    Some((conn, rx, ws))
 }
 
 struct ConnectRequest {
@@ -437,15 +482,17 @@ async fn welcome(
         expires_at_ms,
         last_seen_ms: AtomicU64::new(node.clock_ms()),
         tx,
-        kill: Notify::new(),
+        killed: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
         kill_reason: Mutex::new(None),
     });
-    // Join the user and session topics before welcoming, so a tell sent right
-    // after the welcome is not missed.
-    let mut topics = vec![Topic::Session(session.clone())];
-    if let Some(user) = &handle.user {
-        topics.push(Topic::User(user.clone()));
-    }
+    // Join the user's topic before welcoming, so a tell sent right after the
+    // welcome is not missed. (Sessions need no topic: see Sockets::tell_session.)
+    let topics: Vec<Topic> = handle
+        .user
+        .iter()
+        .map(|user| Topic::User(user.clone()))
+        .collect();
     for topic in &topics {
         if let Err(e) = node.join_topic(topic, &handle).await {
             for t in &topics {
@@ -1313,19 +1360,50 @@ async fn write_all(ws: &mut Socket, out: &mut Vec<Utf8Bytes>) -> Result<(), WsEr
     ws.flush().await
 }
 
+/// What woke the main loop.
+enum Wake {
+    Killed,
+    Queued(Option<Outbound>),
+    Incoming(Option<Result<Message, WsError>>),
+}
+
+/// How writing a batch ended.
+enum Written {
+    Done,
+    Failed,
+    Killed,
+}
+
 /// The connection's main loop.
-async fn run(mut conn: Conn, mut rx: mpsc::Receiver<Outbound>, mut ws: Socket) {
+///
+/// Written with `poll_fn` rather than `select!`: the loop's state is what stays
+/// allocated for every idle connection, and `poll_fn` keeps only a few
+/// pointers in it where `select!` keeps every branch's future.
+async fn run(conn: &mut Conn, rx: &mut mpsc::Receiver<Outbound>, ws: &mut Socket) {
     let handle = conn.handle.clone();
     let mut out: Vec<Utf8Bytes> = Vec::new();
     let exit = loop {
-        tokio::select! {
-            biased;
-            () = handle.kill.notified() => {
+        // Kill first, then queued items (our own replies and pushes), then input.
+        let wake = std::future::poll_fn(|cx| {
+            if handle.poll_killed(cx) {
+                return Poll::Ready(Wake::Killed);
+            }
+            if let Poll::Ready(item) = rx.poll_recv(cx) {
+                return Poll::Ready(Wake::Queued(item));
+            }
+            if let Poll::Ready(msg) = Pin::new(&mut *ws).poll_next(cx) {
+                return Poll::Ready(Wake::Incoming(msg));
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Killed => {
                 let (code, reason, reconnect) = handle.take_kill_reason();
                 break Exit::Close(code, reason, reconnect);
             }
-            item = rx.recv() => {
-                let Some(item) = item else { break Exit::Gone };
+            Wake::Queued(None) => break Exit::Gone,
+            Wake::Queued(Some(item)) => {
                 conn.on_outbound(item, &mut out);
                 // Drain what else is ready, then write it with one flush.
                 for _ in 0..64 {
@@ -1335,28 +1413,64 @@ async fn run(mut conn: Conn, mut rx: mpsc::Receiver<Outbound>, mut ws: Socket) {
                     }
                 }
             }
-            incoming = ws.next() => {
-                handle.last_seen_ms.store(conn.node.clock_ms(), Ordering::Relaxed);
+            Wake::Incoming(incoming) => {
+                handle
+                    .last_seen_ms
+                    .store(conn.node.clock_ms(), Ordering::Relaxed);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(exit) = conn.on_text(&text, &mut out) {
-                            let _ = write_all(&mut ws, &mut out).await;
+                            let _ = Box::pin(write_all(ws, &mut out)).await;
                             break exit;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => break Exit::Close(close::BINARY, "binary frames are not accepted".into(), false),
+                    Some(Ok(Message::Binary(_))) => {
+                        break Exit::Close(
+                            close::BINARY,
+                            "binary frames are not accepted".into(),
+                            false,
+                        );
+                    }
                     Some(Ok(Message::Close(_))) | None => break Exit::Gone,
                     Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(_))) => break Exit::Close(close::TOO_LARGE, "frame too large".into(), false),
+                    Some(Err(WsError::Capacity(_))) => {
+                        break Exit::Close(close::TOO_LARGE, "frame too large".into(), false);
+                    }
                     Some(Err(_)) => break Exit::Gone,
                 }
             }
         }
         if !out.is_empty() {
             // A write may wait on a slow socket; a kill must still get through.
-            tokio::select! {
-                r = write_all(&mut ws, &mut out) => if r.is_err() { break Exit::Gone },
-                () = handle.kill.notified() => {
+            let mut next = 0;
+            let written = std::future::poll_fn(|cx| {
+                if handle.poll_killed(cx) {
+                    return Poll::Ready(Written::Killed);
+                }
+                while next < out.len() {
+                    match Pin::new(&mut *ws).poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(Written::Failed),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    let frame = out[next].clone();
+                    next += 1;
+                    if Pin::new(&mut *ws).start_send(Message::Text(frame)).is_err() {
+                        return Poll::Ready(Written::Failed);
+                    }
+                }
+                match Pin::new(&mut *ws).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
+                    Poll::Ready(Err(_)) => Poll::Ready(Written::Failed),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            out.clear();
+            match written {
+                Written::Done => {}
+                Written::Failed => break Exit::Gone,
+                Written::Killed => {
                     let (code, reason, reconnect) = handle.take_kill_reason();
                     break Exit::Close(code, reason, reconnect);
                 }
@@ -1371,9 +1485,14 @@ async fn run(mut conn: Conn, mut rx: mpsc::Receiver<Outbound>, mut ws: Socket) {
         if code == close::POLICY {
             Metrics::inc(&conn.node.metrics.slow_consumer_closes_total);
         }
-        out.clear();
-        out.push(protocol::disconnect(code, &reason, reconnect));
-        let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&mut ws, &mut out)).await;
-        send_close(&mut ws, code, &reason).await;
+        // Boxed: the closing handshake's futures would otherwise be part of
+        // every idle connection's state.
+        Box::pin(async move {
+            out.clear();
+            out.push(protocol::disconnect(code, &reason, reconnect));
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_all(ws, &mut out)).await;
+            send_close(ws, code, &reason).await;
+        })
+        .await;
     }
 }

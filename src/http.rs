@@ -2,23 +2,15 @@
 //! the key-protected HTTP API. Exposed as a hyper service and a tower service,
 //! so an existing axum or hyper app can mount it.
 
-use crate::{
-    connection::{self, websocket_config},
-    error::ErrorCode,
-    node::Node,
-};
+use crate::{connection, error::ErrorCode, node::Node};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{convert::Infallible, sync::Arc, task::Poll};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{handshake::derive_accept_key, protocol::Role},
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Largest accepted HTTP API body.
 const MAX_API_BODY: usize = 1 << 20;
@@ -145,21 +137,7 @@ impl ScaledSocketsService {
         let accept = derive_accept_key(key.as_bytes());
         let node = self.node.clone();
         let on_upgrade = hyper::upgrade::on(req);
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let config = websocket_config(&node);
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    connection::serve_socket(node, ws, guard).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
+        tokio::spawn(connection::serve_upgrade(node, on_upgrade, guard));
         let mut res = Response::new(Full::new(Bytes::new()));
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = res.headers_mut();

@@ -58,6 +58,10 @@ enum Direct {
         client: String,
         frame: String,
     },
+    TellSession {
+        session: String,
+        frame: String,
+    },
     Ask {
         client: String,
         event: String,
@@ -453,6 +457,24 @@ impl Node {
                     conn.push(Outbound::Frame(Box::new(frame)));
                 }
             }
+            Direct::TellSession { session, frame } => {
+                let Ok(frame) =
+                    tokio_tungstenite::tungstenite::Utf8Bytes::try_from(Bytes::from(frame))
+                else {
+                    return;
+                };
+                let frame = Arc::new(frame);
+                // A scan, not an index: session tells are rare, and an index
+                // would cost memory on every idle connection.
+                let conns: Vec<Arc<ConnHandle>> = lock(&self.conns)
+                    .values()
+                    .filter(|c| *c.session == *session)
+                    .cloned()
+                    .collect();
+                for conn in conns {
+                    conn.push(Outbound::Shared(frame.clone()));
+                }
+            }
             Direct::Ask {
                 client,
                 event,
@@ -801,13 +823,31 @@ impl Sockets {
     }
 
     /// Sends a `tell` to every connection of a session, on every instance.
+    ///
+    /// Sessions have no backend subscription of their own (that would cost
+    /// every connection a topic): the tell goes to each live instance's inbox,
+    /// and each instance delivers it to its connections of that session.
     pub async fn tell_session(
         &self,
         session: &str,
         event: &str,
         data: &Data,
     ) -> Result<(), CommandError> {
-        self.tell_topic(Topic::session(session), event, data).await
+        protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        let frame = protocol::tell(event, data.get(), None).as_str().to_owned();
+        let instances = self.instances().await?;
+        for instance in instances {
+            let message = Direct::TellSession {
+                session: session.to_owned(),
+                frame: frame.clone(),
+            };
+            if instance.id == *self.node.id {
+                self.node.handle_direct(message).await;
+            } else {
+                self.node.send_direct(&instance.id, &message).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn tell_topic(&self, topic: Topic, event: &str, data: &Data) -> Result<(), CommandError> {
