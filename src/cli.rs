@@ -209,7 +209,7 @@ pub async fn scaler_from_url(url: &str, prefix: &str) -> Result<Arc<dyn Scaler>,
         }
         #[cfg(feature = "nats")]
         "nats" => {
-            let mut config = scaled_sockets_nats::NatsConfig::from_url(url)?;
+            let mut config = scaled_sockets_nats::NatsConfig::from_url(url);
             config.prefix = prefix.to_owned();
             Ok(Arc::new(
                 scaled_sockets_nats::NatsScaler::connect(config).await?,

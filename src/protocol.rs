@@ -303,7 +303,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, BadFrame> {
         }
         id.ok_or_else(|| bad(None, format!("`{kind}` needs an `id`")))
     };
-    let result = match kind.as_ref() {
+    match kind.as_ref() {
         "connect" => {
             let token = raw.optional_name_any(raw.token, "token");
             let session = raw.optional_name(raw.session, "session");
@@ -451,8 +451,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, BadFrame> {
                 other.chars().take(64).collect::<String>()
             ),
         )),
-    };
-    result
+    }
 }
 
 impl<'a> RawFrame<'a> {

@@ -187,11 +187,11 @@ pub async fn unsubscribe_stops_delivery(backend: &dyn TestBackend) {
     let topic = Topic::channel(channel.as_str());
     let mut feed = s.open_feed(&unique("inst")).await.expect("open feed");
     feed.control
-        .subscribe(&[topic.clone()])
+        .subscribe(std::slice::from_ref(&topic))
         .await
         .expect("subscribe");
     feed.control
-        .subscribe(&[topic.clone()])
+        .subscribe(std::slice::from_ref(&topic))
         .await
         .expect("subscribe twice");
     s.publish(&channel, Bytes::from_static(b"1"), &opts())
@@ -200,7 +200,7 @@ pub async fn unsubscribe_stops_delivery(backend: &dyn TestBackend) {
     assert_eq!(next_publication(&mut feed).await.offset, 1);
     assert_quiet(&mut feed, Duration::from_millis(200)).await;
     feed.control
-        .unsubscribe(&[topic.clone()])
+        .unsubscribe(std::slice::from_ref(&topic))
         .await
         .expect("unsubscribe");
     s.publish(&channel, Bytes::from_static(b"2"), &opts())

@@ -230,7 +230,7 @@ impl MemoryScaler {
     /// reach the feeds. Feeds get [`FeedEvent::Interrupted`] / [`FeedEvent::Resumed`].
     pub fn set_feeds_connected(&self, connected: bool) {
         let mut state = self.lock_always();
-        if state.feeds_disconnected == !connected {
+        if state.feeds_disconnected != connected {
             return;
         }
         state.feeds_disconnected = !connected;

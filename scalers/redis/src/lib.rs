@@ -1,1 +1,120 @@
-//! placeholder
+//! The Redis backend of Scaled Sockets: a [`Scaler`](scaled_sockets_scaler::Scaler)
+//! that keeps cluster state in one Redis (standalone, or a Redis Cluster-friendly
+//! key layout).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), scaled_sockets_scaler::ScalerError> {
+//! use scaled_sockets_redis::{RedisConfig, RedisScaler};
+//! use scaled_sockets_scaler::Scaler;
+//! use std::sync::Arc;
+//!
+//! let config = RedisConfig::from_url("redis://:secret@127.0.0.1:6379/0")?.with_prefix("chat");
+//! let scaler: Arc<dyn Scaler> = Arc::new(RedisScaler::connect(config).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! # Key layout
+//!
+//! Every key and pub/sub channel starts with `{prefix}:` (default `ss`). `<tag>`
+//! is a name escaped for use as a Redis Cluster hash tag: `%` -> `%25`,
+//! `{` -> `%7B`, `}` -> `%7D`, everything else as is. The escaped form contains no
+//! `}`, so the hash tag is exactly the name, whatever characters it contains, and
+//! distinct names never share a key.
+//!
+//! | key / channel | type | content |
+//! |---|---|---|
+//! | `{prefix}:ch:{<tag>}:meta` | hash | `e` = epoch, `o` = latest offset; TTL = history TTL |
+//! | `{prefix}:ch:{<tag>}:stream` | stream | history: entry id `<offset>-0`, field `d` = payload; `MAXLEN` = history size; TTL = history TTL |
+//! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"u":user,"i":instance}` |
+//! | `{prefix}:ch:{<tag>}:pub` | pub/sub | publications: `<offset>:<epoch>:<payload>` |
+//! | `{prefix}:user:{<tag>}:pub`, `:sess:`, `:inst:` | pub/sub | raw payloads sent to a user, session, instance |
+//! | `{prefix}:probe:{<feed id>}` | pub/sub | a feed's liveness probes |
+//! | `{prefix}:{registry}:inst:<id>` | string | instance JSON; TTL = registration TTL |
+//! | `{prefix}:{registry}:index` | zset | instance ids scored by expiry (server ms) |
+//! | `{prefix}:{lease}:k:<key>` | string | lease owner; TTL = lease TTL |
+//! | `{prefix}:{lease}:index` | zset | lease keys scored by expiry (server ms) |
+//! | `{prefix}:session:{<tag>}` | string | session record; TTL = session TTL |
+//!
+//! All keys of one channel share its hash tag, so the publish and history
+//! scripts touch one slot. The registry keys share the tag `{registry}` and the
+//! lease keys `{lease}`: their listing scripts read keys found through an index,
+//! which a cluster allows only within one slot (both are small and rarely
+//! written). Presence reads its channel's hash, then checks the instances it
+//! names in the registry slot: two slots, two round trips, no cross-slot command.
+//!
+//! # Guarantees
+//!
+//! - **Publish is one Lua script**: creates the epoch if the channel has none
+//!   (random, from the caller), `HINCRBY`s the offset, `XADD`s with an exact
+//!   `MAXLEN` (history size 0 deletes the stream: offsets still advance), renews
+//!   the TTL of both keys and `PUBLISH`es the envelope. Offsets are therefore
+//!   gap-free and ordered per channel across every instance, and delivery order
+//!   on the pub/sub channel is offset order.
+//! - **History** is a script too: it creates the epoch when missing (so the
+//!   epoch a subscriber sees is the one later publications carry) and answers
+//!   `recovered: false` for a wrong epoch, a position beyond the top, more missed
+//!   than the limit, or anything missed that was trimmed or expired. When a
+//!   channel's keys expire, the next publish or history call starts a new epoch
+//!   and offsets restart at 1.
+//! - **Every call is bounded** by the command timeout (default 3 s), connecting
+//!   included; a Redis that is down or silent yields
+//!   [`ScalerError::Unavailable`](scaled_sockets_scaler::ScalerError::Unavailable)
+//!   or [`ScalerError::Timeout`](scaled_sockets_scaler::ScalerError::Timeout),
+//!   never a hang. Connections are replaced after an I/O error or a timeout.
+//! - **Feeds**: one dedicated subscriber connection per feed for all its topics;
+//!   the reader never blocks (full queue: drop, count in [`RedisScaler::stats`],
+//!   then `Overflowed`); per-topic order is kept; a lost or silent connection
+//!   (liveness probe) gives `Interrupted`, reconnection with backoff and jitter,
+//!   re-subscription in batches ([`RedisConfig::subscribe_batch`], default 500
+//!   per `SUBSCRIBE`); `is_live()` turns true as `Resumed` is queued. While the
+//!   connection is down, `subscribe` remembers the topics (they are subscribed on
+//!   reconnect) and returns `Unavailable`, so the server can answer
+//!   `unavailable`; `unsubscribe` always succeeds and takes effect at once.
+//!   Dropping the feed (either half) closes its connection.
+//! - **Registry, leases, sessions** expire by Redis TTLs; listings skip (and
+//!   clean up) expired index entries. Lease acquire, renew and release are
+//!   owner-checked scripts, so exactly one of many contenders wins.
+//! - **Presence** entries of instances that left the registry are not returned
+//!   and are deleted lazily by the read that finds them.
+//!
+//! Commands run on a few multiplexed connections ([`RedisConfig::pool_size`]):
+//! concurrent calls are pipelined on them, never one round trip per message.
+//! They speak RESP3, which lets a connection report its own disconnection, so
+//! after a Redis restart the next call reconnects instead of failing once per
+//! stale connection. Subscriber connections use the protocol of the URL (RESP2
+//! by default).
+//!
+//! # Module map
+//! - `config`: [`RedisConfig`] (URL, prefix, timeouts, pool size, probe, feed
+//!   queue capacity, subscribe batch, reconnect backoff).
+//! - `scaler`: [`RedisScaler`], the `Scaler` implementation.
+//! - `feed`: the subscriber connection, its reader task, the probe and the
+//!   reconnect loop.
+//! - `pool`: the command connections, timeouts and error mapping.
+//! - `scripts`: the Lua scripts.
+//! - `keys`: the key layout above and the hash-tag escaping.
+//! - `codec`: the publication envelope and the JSON of registry and presence
+//!   entries.
+//! - `stats`: [`RedisStats`].
+//!
+//! # Requirements
+//! Redis 6.2 or later (RESP3, streams, `SET ... NX PX`, multi-field `HSET`,
+//! script effects replication). `rediss://` uses rustls with the Mozilla roots; the
+//! ring crypto provider is installed if the process has none.
+
+mod codec;
+mod config;
+mod feed;
+mod keys;
+mod pool;
+mod scaler;
+mod scripts;
+mod stats;
+
+pub use config::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_PREFIX, DEFAULT_PROBE_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_SUBSCRIBE_BATCH,
+    RedisConfig,
+};
+pub use scaler::RedisScaler;
+pub use stats::RedisStats;

@@ -1,0 +1,342 @@
+//! A thin key-value layer over JetStream KV buckets, with per-record TTLs.
+//!
+//! The buckets are ordinary JetStream KV buckets (created with
+//! `create_key_value`, so `nats kv ls/get` show them), but the scaler talks to
+//! their streams directly, because it needs what the KV API hides:
+//!
+//! - **per-record TTLs**: a bucket has one `max_age`, while every registration,
+//!   lease and session has its own TTL. Each record carries its TTL in the
+//!   `Ss-Ttl-Ms` header; it is expired once the server timestamp of the write plus
+//!   the TTL has passed. Expired records read as absent. The bucket's `max_age`
+//!   (`NatsConfig::max_record_ttl`) removes them physically at the latest then.
+//! - **compare-and-set** by revision (the record's stream sequence) with the
+//!   `Nats-Expected-Last-Subject-Sequence` header: revision 0 means "must not
+//!   exist".
+//! - **listing with values** in one pass (an ephemeral `LastPerSubject` consumer)
+//!   instead of one request per key.
+//! - **removal without tombstones** where no compare-and-set is needed (a subject
+//!   purge), so keys that come and go (presence) leave nothing behind.
+
+use crate::errors::{classify, to_scaler};
+use async_nats::{
+    HeaderMap, HeaderValue,
+    datetime::{self, DateTime},
+    header,
+    jetstream::{
+        Context,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        context::PublishErrorKind,
+        stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType, Stream},
+    },
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use scaled_sockets_scaler::{Result, ScalerError};
+use std::time::Duration;
+
+/// Header holding a record's TTL in milliseconds.
+pub const TTL_HEADER: &str = "Ss-Ttl-Ms";
+const KV_OPERATION: &str = "KV-Operation";
+/// How long a fetch from an ephemeral consumer may stay silent before the
+/// messages are taken to be all there is.
+pub const FETCH_IDLE: Duration = Duration::from_millis(500);
+
+/// One record as last written.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The (encoded) key.
+    pub key: String,
+    /// Stream sequence of the write: the revision for compare-and-set.
+    pub revision: u64,
+    /// The value.
+    pub value: Bytes,
+    /// True when the record is a delete marker (or purge marker).
+    pub deleted: bool,
+    /// True when its TTL has passed.
+    pub expired: bool,
+}
+
+impl Record {
+    /// Neither deleted nor expired.
+    pub fn is_live(&self) -> bool {
+        !self.deleted && !self.expired
+    }
+}
+
+/// True when a write stamped `time` (server clock) with these headers has
+/// outlived its TTL.
+pub fn ttl_expired(headers: Option<&HeaderMap>, time: DateTime) -> bool {
+    let Some(ttl_ms) = headers
+        .and_then(|h| h.get(TTL_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+    else {
+        return false;
+    };
+    match datetime::add_std_duration(time, Duration::from_millis(ttl_ms)) {
+        Ok(expires) => expires <= datetime::now(),
+        Err(_) => false,
+    }
+}
+
+fn is_delete(headers: Option<&HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get(KV_OPERATION))
+        .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
+}
+
+/// One bucket.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    name: String,
+    js: Context,
+    stream: Stream,
+    timeout: Duration,
+    max_ttl: Option<Duration>,
+    config: Config,
+}
+
+impl Bucket {
+    /// Opens bucket `name`, creating it if needed. `max_age` zero = no age limit.
+    ///
+    /// The bucket's stream is created here with the settings `create_key_value`
+    /// would use (`KV_{name}` on `$KV.{name}.>`, one value per key, rollups allowed,
+    /// direct gets), because async-nats' `create_key_value` first reads the account
+    /// info in a shape NATS 2.9 does not send.
+    pub async fn open(
+        js: &Context,
+        name: &str,
+        max_age: Duration,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let config = Self::stream_config(name, max_age, replicas);
+        let stream = crate::streams::ensure(js, &config, timeout).await?;
+        Ok(Self {
+            name: name.to_owned(),
+            js: js.clone(),
+            stream,
+            timeout,
+            max_ttl: (!max_age.is_zero()).then_some(max_age),
+            config,
+        })
+    }
+
+    /// The stream settings `create_key_value` would use.
+    fn stream_config(name: &str, max_age: Duration, replicas: usize) -> Config {
+        Config {
+            name: format!("KV_{name}"),
+            description: Some("Scaled Sockets key-value bucket".into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_messages: -1,
+            max_bytes: -1,
+            max_message_size: -1,
+            max_age,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            duplicate_window: crate::streams::duplicate_window(max_age),
+            ..Default::default()
+        }
+    }
+
+    /// Re-creates the bucket's stream if it vanished (a NATS server that lost its
+    /// storage, an operator's delete).
+    pub async fn repair(&self) -> Result<()> {
+        crate::streams::ensure(&self.js, &self.config, self.timeout)
+            .await
+            .map(drop)
+    }
+
+    fn subject(&self, key: &str) -> String {
+        crate::names::kv_subject(&self.name, key)
+    }
+
+    /// TTL header value for `ttl`, capped at the bucket's `max_age`.
+    fn ttl_headers(&self, ttl: Option<Duration>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(ttl) = ttl {
+            let ttl = self.max_ttl.map_or(ttl, |max| ttl.min(max));
+            headers.insert(
+                TTL_HEADER,
+                HeaderValue::from((ttl.as_millis() as u64).max(1)),
+            );
+        }
+        headers
+    }
+
+    /// The record at `key`, deleted and expired ones included (flagged).
+    pub async fn get(&self, key: &str) -> Result<Option<Record>> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(key))
+            .await
+        {
+            Ok(msg) => Ok(Some(Record {
+                key: key.to_owned(),
+                revision: msg.sequence,
+                deleted: is_delete(Some(&msg.headers)),
+                expired: ttl_expired(Some(&msg.headers), msg.time),
+                value: msg.payload,
+            })),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(classify("read record", &err, self.timeout)),
+        }
+    }
+
+    /// The live value at `key`.
+    pub async fn get_live(&self, key: &str) -> Result<Option<Record>> {
+        Ok(self.get(key).await?.filter(Record::is_live))
+    }
+
+    /// Writes `value` at `key` unconditionally.
+    pub async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<u64> {
+        self.write(key, self.ttl_headers(ttl), value)
+            .await?
+            .ok_or_else(|| ScalerError::Backend("unconditional write was refused".into()))
+    }
+
+    /// Writes `value` at `key` if its revision is still `revision` (0: if there is
+    /// no record at all). `Ok(None)` when someone else wrote first.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        revision: u64,
+    ) -> Result<Option<u64>> {
+        let mut headers = self.ttl_headers(ttl);
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(revision),
+        );
+        self.write(key, headers, value).await
+    }
+
+    /// Writes a delete marker if the revision is still `revision`; its revision,
+    /// or `Ok(None)` when someone else wrote first.
+    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<Option<u64>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, "DEL");
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(revision),
+        );
+        self.write(key, headers, Bytes::new()).await
+    }
+
+    async fn write(&self, key: &str, headers: HeaderMap, value: Bytes) -> Result<Option<u64>> {
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(key), headers, value)
+            .await
+            .map_err(to_scaler("write record", self.timeout))?;
+        match ack.await {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(err) => Err(classify("write record", &err, self.timeout)),
+        }
+    }
+
+    /// Removes `key` entirely (no tombstone).
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        self.stream
+            .purge()
+            .filter(self.subject(key))
+            .await
+            .map_err(to_scaler("remove record", self.timeout))?;
+        Ok(())
+    }
+
+    /// Removes `key` in the background if it is still at `revision` (lazy cleanup
+    /// of expired records; losing the race to a new write is fine, and the new
+    /// write survives).
+    pub fn remove_later_if(&self, key: &str, revision: u64) {
+        let bucket = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            if let Ok(Some(tombstone)) = bucket.delete_if(&key, revision).await {
+                // Purge the tombstone and what it deleted, nothing written after it.
+                let _ = bucket
+                    .stream
+                    .purge()
+                    .filter(bucket.subject(&key))
+                    .sequence(tombstone + 1)
+                    .await;
+            }
+        });
+    }
+
+    /// The latest record of every key matching `pattern` (a subject pattern over
+    /// keys, e.g. `>` or `abc.*`), deleted ones left out, expired ones flagged.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<Record>> {
+        let prefix = format!("$KV.{}.", self.name);
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                filter_subject: format!("{prefix}{pattern}"),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(10),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(to_scaler("list records", self.timeout))?;
+        let name = consumer.cached_info().name.clone();
+        let mut pending = consumer.cached_info().num_pending;
+        let mut records = Vec::new();
+        let result: Result<()> = async {
+            while pending > 0 {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(pending.min(1000) as usize)
+                    .messages()
+                    .await
+                    .map_err(to_scaler("list records", self.timeout))?;
+                let mut got = 0;
+                // A message counted in `pending` may be purged before it is
+                // fetched; the server then keeps the request waiting. Stop after
+                // a short silence instead of waiting for it.
+                while let Ok(Some(msg)) = tokio::time::timeout(FETCH_IDLE, batch.next()).await {
+                    let msg = msg.map_err(|e| classify("list records", &*e, self.timeout))?;
+                    got += 1;
+                    let info = msg
+                        .info()
+                        .map_err(|e| classify("list records", &*e, self.timeout))?;
+                    pending = info.pending;
+                    let published = info.published;
+                    let headers = msg.headers.as_ref();
+                    if is_delete(headers) {
+                        continue;
+                    }
+                    let Some(key) = msg.subject.as_str().strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    records.push(Record {
+                        key: key.to_owned(),
+                        revision: info.stream_sequence,
+                        deleted: false,
+                        expired: ttl_expired(headers, published),
+                        value: msg.payload.clone(),
+                    });
+                }
+                if got == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        result.map(|()| records)
+    }
+}

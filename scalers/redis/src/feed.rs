@@ -1,0 +1,713 @@
+//! Feeds: one dedicated Redis subscriber connection per [`Feed`], carrying every
+//! topic the instance needs, read by one task that never blocks.
+//!
+//! # Moving parts
+//! - [`RedisFeedControl`] (the `FeedControl` half) keeps the *desired* topic set
+//!   and sends `SUBSCRIBE`/`UNSUBSCRIBE` on the current connection's sink. The set
+//!   change and the enqueueing of the command happen under one lock, so commands
+//!   reach Redis in the order the set changed, even for concurrent callers.
+//! - The feed task reads the connection. Each message is mapped back to its topic
+//!   through the desired set (messages of topics no longer desired are dropped, so
+//!   an unsubscribe takes effect at once) and handed to the feed's bounded queue
+//!   with `try_send`. When the queue is full the event is dropped and counted; an
+//!   [`FeedEvent::Overflowed`] with the count follows as soon as there is room.
+//!   `Interrupted`/`Resumed` are never dropped: they wait for room, and events
+//!   after them are counted as dropped until they are out.
+//! - Liveness: when the connection has been quiet for the probe interval, the task
+//!   publishes a probe to the feed's own probe channel (over the command pool) and
+//!   expects it back within the probe timeout. Any message counts as a sign of
+//!   life. No sign of life in time means the connection is dead even if TCP says
+//!   otherwise.
+//! - When the connection is lost (closed, or the probe failed): `is_live()`
+//!   becomes false, `Interrupted` is emitted, and the task reconnects with
+//!   exponential backoff and jitter, re-subscribes the probe channel and every
+//!   desired topic in batches, then sets `is_live()` and emits `Resumed`.
+//! - While disconnected, `subscribe` records the topics (they are subscribed on
+//!   reconnect) and returns [`ScalerError::Unavailable`], so the server can answer
+//!   `unavailable`; call `unsubscribe` to forget them. `unsubscribe` always
+//!   succeeds: the topics are forgotten at once and not re-subscribed.
+//! - Dropping the control handle or the event receiver stops the task, which
+//!   closes the connection.
+
+use crate::{
+    codec::decode_envelope,
+    keys::Keys,
+    pool::{Pool, map_error},
+    stats::Counters,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::{
+    Client, Msg, RedisResult,
+    aio::{PubSubSink, PubSubStream},
+};
+use scaled_sockets_scaler::{
+    Feed, FeedControl, FeedEvent, Publication, Result, ScalerError, Topic,
+};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, sleep, sleep_until, timeout},
+};
+
+/// The settings a feed needs (taken from [`crate::RedisConfig`]).
+#[derive(Clone, Debug)]
+pub(crate) struct FeedSettings {
+    pub(crate) timeout: Duration,
+    pub(crate) batch: usize,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) queue_capacity: usize,
+}
+
+/// State shared by a feed's control handle and its task.
+struct Shared {
+    keys: Keys,
+    probe_channel: String,
+    state: Mutex<State>,
+    live: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Pub/sub channel name -> topic, for every topic the feed should receive.
+    desired: HashMap<String, Topic>,
+    /// Where to send (un)subscribe commands; `None` while disconnected.
+    sink: Option<PubSubSink>,
+    /// The task ended: the feed is closed for good.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; if it ever did, the map is still
+        // structurally valid, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("RedisFeed")
+            .field("probe_channel", &self.probe_channel)
+            .field("topics", &state.desired.len())
+            .field("connected", &state.sink.is_some())
+            .field("closed", &state.closed)
+            .field("live", &self.live.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+/// A (un)subscribe command already handed to the connection, awaiting its
+/// confirmation.
+type Pending = Pin<Box<dyn Future<Output = RedisResult<()>> + Send>>;
+
+/// Polls a future once, right now, so that whatever it does synchronously on its
+/// first poll happens before this returns. The pub/sub sink enqueues its command
+/// on the first poll; doing that under the state lock orders commands exactly as
+/// the desired set changed.
+fn start(fut: impl Future<Output = RedisResult<()>> + Send + 'static) -> Pending {
+    let mut fut: Pending = Box::pin(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(result) => Box::pin(std::future::ready(result)),
+        Poll::Pending => fut,
+    }
+}
+
+/// Enqueues `SUBSCRIBE` (or `UNSUBSCRIBE`) commands of at most `batch` names each.
+fn start_batches(
+    sink: &PubSubSink,
+    names: &[String],
+    batch: usize,
+    subscribe: bool,
+) -> Vec<Pending> {
+    names
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let mut sink = sink.clone();
+            let chunk = chunk.to_vec();
+            start(async move {
+                if subscribe {
+                    sink.subscribe(chunk).await
+                } else {
+                    sink.unsubscribe(chunk).await
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits for every batch's confirmation, each within `limit`.
+async fn confirm(pending: Vec<Pending>, limit: Duration) -> Result<()> {
+    for batch in pending {
+        match timeout(limit, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(match map_error(&e, limit) {
+                    ScalerError::Backend(m) => ScalerError::Unavailable(m),
+                    other => other,
+                });
+            }
+            Err(_) => return Err(ScalerError::Timeout(limit)),
+        }
+    }
+    Ok(())
+}
+
+/// Opens a subscriber connection and subscribes the probe channel and every
+/// desired topic on it. On success the sink is installed in the shared state.
+async fn connect(
+    shared: &Shared,
+    client: &Client,
+    settings: &FeedSettings,
+) -> Result<PubSubStream> {
+    let limit = settings.timeout;
+    let pubsub = match timeout(limit, client.get_async_pubsub()).await {
+        Ok(Ok(pubsub)) => pubsub,
+        Ok(Err(e)) => {
+            return Err(match map_error(&e, limit) {
+                ScalerError::Backend(m) => ScalerError::Unavailable(m),
+                other => other,
+            });
+        }
+        Err(_) => return Err(ScalerError::Timeout(limit)),
+    };
+    let (sink, stream) = pubsub.split();
+    let pending = {
+        let mut state = shared.lock();
+        // Installing the sink and listing the topics under one lock: a topic added
+        // before is in the list, one added after goes out on the new sink itself.
+        state.sink = Some(sink.clone());
+        let mut names = Vec::with_capacity(state.desired.len() + 1);
+        names.push(shared.probe_channel.clone());
+        names.extend(state.desired.keys().cloned());
+        start_batches(&sink, &names, settings.batch, true)
+    };
+    if let Err(e) = confirm(pending, limit).await {
+        shared.lock().sink = None;
+        return Err(e);
+    }
+    Ok(stream)
+}
+
+/// Opens a feed: connects its subscriber connection and starts its task.
+pub(crate) async fn open(
+    pool: Arc<Pool>,
+    keys: Keys,
+    settings: FeedSettings,
+    counters: Arc<Counters>,
+    instance_id: &str,
+) -> Result<Feed> {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let feed_id = format!("{instance_id}/{}", &unique[..12]);
+    let shared = Arc::new(Shared {
+        probe_channel: keys.probe_channel(&feed_id),
+        keys,
+        state: Mutex::new(State::default()),
+        live: AtomicBool::new(false),
+    });
+    let stream = connect(&shared, pool.pubsub_client(), &settings).await?;
+    shared.live.store(true, Ordering::SeqCst);
+    let (tx, events) = mpsc::channel(settings.queue_capacity.max(1));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    counters.feeds_open.fetch_add(1, Ordering::Relaxed);
+    let task = FeedTask {
+        shared: shared.clone(),
+        pool,
+        settings: settings.clone(),
+        counters: counters.clone(),
+        io: TaskIo {
+            outbox: Outbox {
+                tx,
+                pending: VecDeque::new(),
+                dropped: 0,
+                counters,
+            },
+            stop: stop_rx,
+        },
+    };
+    tokio::spawn(task.run(stream));
+    Ok(Feed {
+        control: Arc::new(RedisFeedControl {
+            shared,
+            settings,
+            _stop: stop_tx,
+        }),
+        events,
+    })
+}
+
+/// The control half of a Redis feed. Dropping it stops the feed.
+pub(crate) struct RedisFeedControl {
+    shared: Arc<Shared>,
+    settings: FeedSettings,
+    /// Dropped with the control: the task sees the channel close and stops.
+    _stop: oneshot::Sender<()>,
+}
+
+impl fmt::Debug for RedisFeedControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+#[async_trait]
+impl FeedControl for RedisFeedControl {
+    async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
+        let pending = {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Err(ScalerError::Closed);
+            }
+            // Topics already desired are sent again (a duplicate SUBSCRIBE is
+            // harmless): the call then returns only once Redis confirmed them,
+            // even if another caller's SUBSCRIBE of them is still in flight.
+            let mut seen = HashSet::with_capacity(topics.len());
+            let mut names = Vec::with_capacity(topics.len());
+            for topic in topics {
+                if seen.insert(topic) {
+                    let name = self.shared.keys.topic_channel(topic);
+                    state.desired.insert(name.clone(), topic.clone());
+                    names.push(name);
+                }
+            }
+            let Some(sink) = &state.sink else {
+                return Err(ScalerError::Unavailable(
+                    "redis subscriber connection is down; the topics will be subscribed when it is back"
+                        .into(),
+                ));
+            };
+            start_batches(sink, &names, self.settings.batch, true)
+        };
+        confirm(pending, self.settings.timeout).await?;
+        if self.is_live() {
+            Ok(())
+        } else {
+            // Already-desired topics are being re-subscribed after a reconnect.
+            Err(ScalerError::Unavailable(
+                "redis subscriber connection is re-subscribing".into(),
+            ))
+        }
+    }
+
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
+        let pending = {
+            let mut state = self.shared.lock();
+            let mut gone = Vec::new();
+            for topic in topics {
+                let name = self.shared.keys.topic_channel(topic);
+                if state.desired.remove(&name).is_some() {
+                    gone.push(name);
+                }
+            }
+            match &state.sink {
+                Some(sink) if !gone.is_empty() => {
+                    start_batches(sink, &gone, self.settings.batch, false)
+                }
+                _ => return Ok(()),
+            }
+        };
+        // Delivery already stopped (the reader filters on the desired set); a
+        // failed UNSUBSCRIBE only means the connection is going away anyway.
+        if let Err(e) = confirm(pending, self.settings.timeout).await {
+            tracing::debug!(error = %e, "redis UNSUBSCRIBE not confirmed");
+        }
+        Ok(())
+    }
+
+    fn is_live(&self) -> bool {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+}
+
+/// The feed's side of its event queue. Never blocks.
+struct Outbox {
+    tx: mpsc::Sender<FeedEvent>,
+    /// Connection events waiting for room (never dropped).
+    pending: VecDeque<FeedEvent>,
+    /// Events dropped and not yet reported with `Overflowed`.
+    dropped: u64,
+    counters: Arc<Counters>,
+}
+
+/// The receiver is gone: the feed is being dropped.
+struct Closed;
+
+impl Outbox {
+    fn has_backlog(&self) -> bool {
+        !self.pending.is_empty() || self.dropped > 0
+    }
+
+    /// Sends what waits for room, in order, as far as there is room.
+    fn flush(&mut self) -> std::result::Result<(), Closed> {
+        use mpsc::error::TrySendError;
+        loop {
+            let event = match self.pending.front() {
+                Some(event) => event.clone(),
+                None if self.dropped > 0 => FeedEvent::Overflowed {
+                    dropped: self.dropped,
+                },
+                None => return Ok(()),
+            };
+            match self.tx.try_send(event) {
+                Ok(()) => {
+                    if self.pending.pop_front().is_none() {
+                        self.dropped = 0;
+                        Counters::bump(&self.counters.feed_overflows);
+                    }
+                }
+                Err(TrySendError::Full(_)) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(Closed),
+            }
+        }
+    }
+
+    /// Hands over a publication or message, or drops and counts it.
+    fn data(&mut self, event: FeedEvent) -> std::result::Result<(), Closed> {
+        use mpsc::error::TrySendError;
+        self.flush()?;
+        if self.has_backlog() {
+            self.drop_one();
+            return Ok(());
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.drop_one();
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(Closed),
+        }
+    }
+
+    fn drop_one(&mut self) {
+        self.dropped += 1;
+        Counters::bump(&self.counters.feed_events_dropped);
+    }
+
+    /// Queues a connection event; it is delivered before anything after it.
+    fn control(&mut self, event: FeedEvent) -> std::result::Result<(), Closed> {
+        self.pending.push_back(event);
+        self.flush()
+    }
+}
+
+/// The parts of the task that must stay serviceable while it waits for
+/// something else (a reconnect, a backoff delay).
+struct TaskIo {
+    outbox: Outbox,
+    stop: oneshot::Receiver<()>,
+}
+
+impl TaskIo {
+    /// Runs `fut` while flushing the outbox as room appears and watching for the
+    /// feed being dropped. `None` when the feed is being dropped.
+    async fn serve<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            let backlog = self.outbox.has_backlog();
+            let tx = self.outbox.tx.clone();
+            tokio::select! {
+                biased;
+                _ = &mut self.stop => return None,
+                () = tx.closed() => return None,
+                permit = tx.reserve(), if backlog => {
+                    // Only this task sends, so the freed slot is ours.
+                    drop(permit.ok()?);
+                    self.outbox.flush().ok()?;
+                }
+                out = &mut fut => return Some(out),
+            }
+        }
+    }
+}
+
+/// Why the pump stopped.
+enum Ended {
+    /// The feed was dropped.
+    Shutdown,
+    /// The connection is gone (or presumed dead).
+    Lost(&'static str),
+}
+
+struct FeedTask {
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    settings: FeedSettings,
+    counters: Arc<Counters>,
+    io: TaskIo,
+}
+
+impl FeedTask {
+    async fn run(mut self, first: PubSubStream) {
+        let mut connection = Some(first);
+        while let Some(mut stream) = connection.take() {
+            let why = match self.pump(&mut stream).await {
+                Ended::Shutdown => break,
+                Ended::Lost(why) => why,
+            };
+            drop(stream);
+            self.shared.live.store(false, Ordering::SeqCst);
+            self.shared.lock().sink = None;
+            Counters::bump(&self.counters.feed_interruptions);
+            tracing::warn!(
+                probe_channel = %self.shared.probe_channel,
+                reason = why,
+                "redis feed lost its subscriber connection; reconnecting"
+            );
+            if self.io.outbox.control(FeedEvent::Interrupted).is_err() {
+                break;
+            }
+            connection = self.reconnect().await;
+            if connection.is_some() {
+                self.shared.live.store(true, Ordering::SeqCst);
+                Counters::bump(&self.counters.feed_resumptions);
+                tracing::info!(
+                    probe_channel = %self.shared.probe_channel,
+                    "redis feed resumed"
+                );
+                if self.io.outbox.control(FeedEvent::Resumed).is_err() {
+                    break;
+                }
+            }
+        }
+        {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.sink = None;
+        }
+        self.shared.live.store(false, Ordering::SeqCst);
+        self.counters.feeds_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads the connection until it is lost or the feed is dropped.
+    async fn pump(&mut self, stream: &mut PubSubStream) -> Ended {
+        let Self {
+            shared,
+            pool,
+            settings,
+            counters,
+            io,
+        } = self;
+        let interval = settings.probe_interval;
+        let mut last_seen = Instant::now();
+        let mut probe_deadline: Option<Instant> = None;
+        loop {
+            let wake = probe_deadline.unwrap_or(last_seen + interval);
+            let backlog = io.outbox.has_backlog();
+            let tx = io.outbox.tx.clone();
+            tokio::select! {
+                biased;
+                _ = &mut io.stop => return Ended::Shutdown,
+                () = tx.closed() => return Ended::Shutdown,
+                permit = tx.reserve(), if backlog => {
+                    let Ok(permit) = permit else { return Ended::Shutdown };
+                    drop(permit);
+                    if io.outbox.flush().is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Ended::Lost("connection closed") };
+                    last_seen = Instant::now();
+                    probe_deadline = None;
+                    if deliver(shared, &mut io.outbox, &msg).is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    match probe_deadline {
+                        Some(deadline) if now >= deadline => {
+                            Counters::bump(&counters.probe_failures);
+                            return Ended::Lost("liveness probe not echoed in time");
+                        }
+                        Some(_) => {}
+                        None if now >= last_seen + interval => {
+                            send_probe(pool, &shared.probe_channel, counters);
+                            probe_deadline = Some(now + settings.probe_timeout);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconnects with backoff until it works or the feed is dropped.
+    async fn reconnect(&mut self) -> Option<PubSubStream> {
+        let mut attempt = 0u32;
+        loop {
+            let delay = backoff(
+                attempt,
+                self.settings.reconnect_min,
+                self.settings.reconnect_max,
+            );
+            attempt = attempt.saturating_add(1);
+            self.io.serve(sleep(delay)).await?;
+            let connecting = connect(&self.shared, self.pool.pubsub_client(), &self.settings);
+            match self.io.serve(connecting).await? {
+                Ok(stream) => return Some(stream),
+                Err(e) => tracing::debug!(attempt, error = %e, "redis feed reconnect failed"),
+            }
+        }
+    }
+}
+
+/// Maps one pub/sub message to a feed event and hands it over.
+fn deliver(shared: &Shared, outbox: &mut Outbox, msg: &Msg) -> std::result::Result<(), Closed> {
+    let channel = msg.get_channel_name();
+    if channel == shared.probe_channel {
+        return Ok(());
+    }
+    let topic = shared.lock().desired.get(channel).cloned();
+    let Some(topic) = topic else {
+        // Unsubscribed meanwhile.
+        return Ok(());
+    };
+    let payload = msg.get_payload_bytes();
+    let event = match topic {
+        Topic::Channel(name) => {
+            let Some((offset, epoch, data)) = decode_envelope(payload) else {
+                tracing::warn!(channel = %name, "malformed publication envelope ignored");
+                return Ok(());
+            };
+            FeedEvent::Publication(Publication {
+                channel: name,
+                offset,
+                epoch: Arc::from(epoch),
+                payload: Bytes::copy_from_slice(data),
+            })
+        }
+        topic => FeedEvent::Message {
+            topic,
+            payload: Bytes::copy_from_slice(payload),
+        },
+    };
+    outbox.data(event)
+}
+
+/// Publishes a probe to a feed's own channel, without waiting for it.
+fn send_probe(pool: &Arc<Pool>, channel: &str, counters: &Counters) {
+    Counters::bump(&counters.probes_sent);
+    let pool = pool.clone();
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel).arg("probe");
+    tokio::spawn(async move {
+        if let Err(e) = pool.query::<i64>(&cmd).await {
+            tracing::debug!(error = %e, "redis feed probe publish failed");
+        }
+    });
+}
+
+/// Exponential backoff with jitter: between half and all of
+/// `min * 2^attempt`, capped at `max`.
+fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let base = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
+    base / 2 + (base / 2) * jitter / 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max);
+            let base = min.saturating_mul(1 << attempt.min(20)).min(max);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+        }
+        let spread: std::collections::HashSet<Duration> =
+            (0..50).map(|_| backoff(5, min, max)).collect();
+        assert!(spread.len() > 1, "jitter varies the delay");
+    }
+
+    fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<FeedEvent>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Outbox {
+                tx,
+                pending: VecDeque::new(),
+                dropped: 0,
+                counters: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    fn msg(n: u8) -> FeedEvent {
+        FeedEvent::Message {
+            topic: Topic::user("u"),
+            payload: Bytes::from(vec![n]),
+        }
+    }
+
+    #[test]
+    fn overflow_is_counted_then_reported_when_there_is_room() {
+        let (mut out, mut rx) = outbox(2);
+        for n in 0..5 {
+            assert!(out.data(msg(n)).is_ok());
+        }
+        assert_eq!(out.dropped, 3);
+        assert_eq!(rx.try_recv().ok(), Some(msg(0)));
+        // Room for one: the report goes first, the new event is dropped too.
+        assert!(out.data(msg(5)).is_ok());
+        assert_eq!(rx.try_recv().ok(), Some(msg(1)));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(FeedEvent::Overflowed { dropped: 3 })
+        );
+        assert!(rx.try_recv().is_err());
+        // msg 5 found no room after the report: it is reported next.
+        assert!(out.data(msg(6)).is_ok());
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(FeedEvent::Overflowed { dropped: 1 })
+        );
+        assert_eq!(rx.try_recv().ok(), Some(msg(6)));
+        assert_eq!(out.dropped, 0);
+        assert_eq!(out.counters.snapshot().feed_events_dropped, 4);
+        assert_eq!(out.counters.snapshot().feed_overflows, 2);
+    }
+
+    #[test]
+    fn connection_events_wait_for_room_and_keep_their_place() {
+        let (mut out, mut rx) = outbox(1);
+        assert!(out.data(msg(0)).is_ok());
+        assert!(out.control(FeedEvent::Interrupted).is_ok());
+        assert!(out.control(FeedEvent::Resumed).is_ok());
+        assert!(out.data(msg(1)).is_ok(), "dropped: Resumed must come first");
+        assert_eq!(rx.try_recv().ok(), Some(msg(0)));
+        assert!(out.flush().is_ok());
+        assert_eq!(rx.try_recv().ok(), Some(FeedEvent::Interrupted));
+        assert!(out.flush().is_ok());
+        assert_eq!(rx.try_recv().ok(), Some(FeedEvent::Resumed));
+        assert!(out.flush().is_ok());
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(FeedEvent::Overflowed { dropped: 1 })
+        );
+        drop(rx);
+        assert!(out.data(msg(2)).is_err(), "closed receiver is reported");
+    }
+}

@@ -1,0 +1,449 @@
+//! [`RedisScaler`]: the [`Scaler`] implementation.
+
+use crate::{
+    RedisConfig, RedisStats, codec,
+    feed::{self, FeedSettings},
+    keys::Keys,
+    pool::Pool,
+    scripts,
+    stats::Counters,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::Value;
+use scaled_sockets_scaler::{
+    Feed, HistoryPage, HistoryRequest, InstanceInfo, LeaseOutcome, PresenceEntry, Publication,
+    PublishOptions, Result, Scaler, ScalerError, StreamPosition, Topic,
+};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+/// The Redis scaler. Cheap to clone; clones share connections and counters.
+///
+/// Every call is bounded by [`RedisConfig::command_timeout`] and fails with
+/// [`ScalerError::Timeout`] or [`ScalerError::Unavailable`] when Redis does not
+/// answer; the connection is replaced on the next call.
+#[derive(Clone, Debug)]
+pub struct RedisScaler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RedisConfig,
+    keys: Keys,
+    pool: Arc<Pool>,
+    counters: Arc<Counters>,
+}
+
+/// The longest TTL passed to Redis (about 31,700 years): Redis rejects expiry
+/// times that overflow when added to the current time.
+const MAX_TTL_MS: u128 = 1_000_000_000_000_000;
+
+/// Milliseconds for a TTL argument: at least 1 (Redis rejects 0), at most
+/// [`MAX_TTL_MS`].
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, MAX_TTL_MS) as u64
+}
+
+fn backend(what: &str) -> ScalerError {
+    ScalerError::Backend(format!("unexpected reply from redis: {what}"))
+}
+
+fn bulk(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    std::str::from_utf8(bulk(v)?).ok()
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// Parses a history stream id `<offset>-0`.
+fn stream_offset(v: &Value) -> Option<u64> {
+    text(v)?.split_once('-')?.0.parse().ok()
+}
+
+fn check_channel(channel: &str) -> Result<()> {
+    if channel.is_empty() {
+        return Err(ScalerError::InvalidArgument("empty channel name".into()));
+    }
+    Ok(())
+}
+
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: some provider is set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+impl RedisScaler {
+    /// Checks the configuration and connects (one command connection, checked
+    /// with the first call). Fails with [`ScalerError::InvalidArgument`] for a bad
+    /// configuration and [`ScalerError::Unavailable`] / [`ScalerError::Timeout`]
+    /// when Redis cannot be reached within the command timeout.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        if config.is_tls() {
+            ensure_crypto_provider();
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            ScalerError::InvalidArgument(format!(
+                "invalid redis URL {}: {e}",
+                config.redacted_url()
+            ))
+        })?;
+        let pool = Arc::new(Pool::new(client, config.pool_size, config.command_timeout)?);
+        pool.warm_up().await?;
+        tracing::debug!(url = %config.redacted_url(), prefix = %config.prefix, "redis scaler connected");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&config.prefix),
+                config,
+                pool,
+                counters: Arc::default(),
+            }),
+        })
+    }
+
+    /// Counters of this scaler and its feeds (dropped events, overflows,
+    /// interruptions, probes...).
+    pub fn stats(&self) -> RedisStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The configuration it was connected with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    fn feed_settings(&self) -> FeedSettings {
+        let c = &self.inner.config;
+        FeedSettings {
+            timeout: c.command_timeout,
+            batch: c.subscribe_batch,
+            probe_interval: c.probe_interval,
+            probe_timeout: c.probe_timeout,
+            reconnect_min: c.reconnect_min,
+            reconnect_max: c.reconnect_max,
+            queue_capacity: c.feed_queue_capacity,
+        }
+    }
+}
+
+#[async_trait]
+impl Scaler for RedisScaler {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.pool()
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map(drop)
+    }
+
+    async fn open_feed(&self, instance_id: &str) -> Result<Feed> {
+        feed::open(
+            self.inner.pool.clone(),
+            self.keys().clone(),
+            self.feed_settings(),
+            self.inner.counters.clone(),
+            instance_id,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        options: &PublishOptions,
+    ) -> Result<StreamPosition> {
+        check_channel(channel)?;
+        let keys = self.keys();
+        let mut call = scripts::PUBLISH.prepare_invoke();
+        call.key(keys.channel_meta(channel))
+            .key(keys.channel_stream(channel))
+            .arg(payload.as_ref())
+            .arg(options.history_size.min(i64::MAX as usize))
+            .arg(ms(options.history_ttl))
+            .arg(codec::new_epoch())
+            .arg(keys.topic_channel(&Topic::channel(channel)));
+        let (offset, epoch): (String, String) = self.pool().script(&call).await?;
+        let offset = offset.parse().map_err(|_| backend("publish offset"))?;
+        Ok(StreamPosition::new(offset, epoch))
+    }
+
+    async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if matches!(topic, Topic::Channel(_)) {
+            return Err(ScalerError::InvalidArgument(
+                "send is for user, session and instance topics; publish to channels".into(),
+            ));
+        }
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.keys().topic_channel(topic))
+            .arg(payload.as_ref());
+        self.pool().query::<i64>(&cmd).await.map(drop)
+    }
+
+    async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage> {
+        check_channel(channel)?;
+        let keys = self.keys();
+        let mut call = scripts::HISTORY.prepare_invoke();
+        call.key(keys.channel_meta(channel))
+            .key(keys.channel_stream(channel))
+            .arg(codec::new_epoch())
+            .arg(ms(PublishOptions::default().history_ttl));
+        match &request.since {
+            Some(since) => call
+                .arg(since.offset)
+                .arg(&*since.epoch)
+                .arg(request.limit.min(i64::MAX as usize))
+                .arg(format!("{}-0", since.offset.saturating_add(1))),
+            None => call.arg("").arg("").arg(0).arg(""),
+        };
+        let reply: Value = self.pool().script(&call).await?;
+        let Value::Array(items) = reply else {
+            return Err(backend("history reply is not an array"));
+        };
+        let (Some(epoch), Some(top), Some(recovered)) = (
+            items.first().and_then(text),
+            items.get(1).and_then(number),
+            items.get(2).and_then(number),
+        ) else {
+            return Err(backend("history header"));
+        };
+        let epoch: Arc<str> = Arc::from(epoch);
+        let channel: Arc<str> = Arc::from(channel);
+        let mut publications = Vec::with_capacity(items.len().saturating_sub(3) / 2);
+        for pair in items[3..].chunks(2) {
+            let [id, payload] = pair else {
+                return Err(backend("history entries"));
+            };
+            let (Some(offset), Some(payload)) = (stream_offset(id), bulk(payload)) else {
+                return Err(backend("history entry"));
+            };
+            publications.push(Publication {
+                channel: channel.clone(),
+                offset,
+                epoch: epoch.clone(),
+                payload: Bytes::copy_from_slice(payload),
+            });
+        }
+        Ok(HistoryPage {
+            top: StreamPosition { offset: top, epoch },
+            publications,
+            recovered: recovered == 1,
+        })
+    }
+
+    async fn register_instance(&self, info: &InstanceInfo, ttl: Duration) -> Result<()> {
+        let keys = self.keys();
+        let mut call = scripts::REGISTER.prepare_invoke();
+        call.key(keys.instance(&info.id))
+            .key(keys.instance_index())
+            .arg(codec::encode_instance(info))
+            .arg(ms(ttl))
+            .arg(&info.id);
+        self.pool().script::<i64>(&call).await.map(drop)
+    }
+
+    async fn unregister_instance(&self, id: &str) -> Result<()> {
+        let keys = self.keys();
+        let mut call = scripts::UNREGISTER.prepare_invoke();
+        call.key(keys.instance(id))
+            .key(keys.instance_index())
+            .arg(id);
+        self.pool().script::<i64>(&call).await.map(drop)
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        let keys = self.keys();
+        let mut call = scripts::INSTANCES.prepare_invoke();
+        call.key(keys.instance_index())
+            .arg(keys.instance_key_prefix());
+        let raw: Vec<Vec<u8>> = self.pool().script(&call).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| {
+                let info = codec::decode_instance(r);
+                if info.is_none() {
+                    tracing::warn!("ignoring a malformed instance registration in redis");
+                }
+                info
+            })
+            .collect())
+    }
+
+    async fn acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<LeaseOutcome> {
+        let keys = self.keys();
+        let mut call = scripts::ACQUIRE.prepare_invoke();
+        call.key(keys.lease(key))
+            .key(keys.lease_index())
+            .arg(owner)
+            .arg(ms(ttl))
+            .arg(key);
+        let (won, holder): (i64, String) = self.pool().script(&call).await?;
+        Ok(if won == 1 {
+            LeaseOutcome::Acquired
+        } else {
+            LeaseOutcome::HeldBy(holder)
+        })
+    }
+
+    async fn renew_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        let keys = self.keys();
+        let mut call = scripts::RENEW.prepare_invoke();
+        call.key(keys.lease(key))
+            .key(keys.lease_index())
+            .arg(owner)
+            .arg(ms(ttl))
+            .arg(key);
+        Ok(self.pool().script::<i64>(&call).await? == 1)
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<bool> {
+        let keys = self.keys();
+        let mut call = scripts::RELEASE.prepare_invoke();
+        call.key(keys.lease(key))
+            .key(keys.lease_index())
+            .arg(owner)
+            .arg(key);
+        Ok(self.pool().script::<i64>(&call).await? == 1)
+    }
+
+    async fn lease_owner(&self, key: &str) -> Result<Option<String>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.keys().lease(key));
+        self.pool().query(&cmd).await
+    }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let keys = self.keys();
+        let mut call = scripts::LEASES.prepare_invoke();
+        call.key(keys.lease_index())
+            .arg(keys.lease_key_prefix())
+            .arg(prefix);
+        let flat: Vec<String> = self.pool().script(&call).await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect())
+    }
+
+    async fn presence_add(&self, channel: &str, entry: &PresenceEntry) -> Result<()> {
+        check_channel(channel)?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys().channel_presence(channel))
+            .arg(&entry.client)
+            .arg(codec::encode_presence(entry));
+        self.pool().query::<i64>(&cmd).await.map(drop)
+    }
+
+    async fn presence_remove(&self, channel: &str, client: &str) -> Result<()> {
+        check_channel(channel)?;
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.keys().channel_presence(channel)).arg(client);
+        self.pool().query::<i64>(&cmd).await.map(drop)
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>> {
+        check_channel(channel)?;
+        let keys = self.keys();
+        let hash = keys.channel_presence(channel);
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(&hash);
+        let raw: Vec<(String, Vec<u8>)> = self.pool().query(&cmd).await?;
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut corrupt = Vec::new();
+        for (client, value) in raw {
+            match codec::decode_presence(client.clone(), &value) {
+                Some(entry) => entries.push(entry),
+                None => corrupt.push(client),
+            }
+        }
+        // Which of the instances named are registered (one round trip; the
+        // registry keys share one slot).
+        let instances: Vec<&str> = entries
+            .iter()
+            .map(|e| e.instance.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut pipe = redis::pipe();
+        for id in &instances {
+            pipe.cmd("EXISTS").arg(keys.instance(id));
+        }
+        let exists: Vec<i64> = self.pool().pipe(&pipe).await?;
+        let live: BTreeSet<&str> = instances
+            .iter()
+            .zip(&exists)
+            .filter(|(_, e)| **e > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut stale = corrupt;
+        let mut kept = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            if live.contains(entry.instance.as_str()) {
+                kept.push(entry.clone());
+            } else {
+                stale.push(entry.client.clone());
+            }
+        }
+        if !stale.is_empty() {
+            // Lazy cleanup of entries whose instance left; failure only delays it.
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(&hash).arg(&stale);
+            if let Err(e) = self.pool().query::<i64>(&cmd).await {
+                tracing::debug!(error = %e, "presence cleanup failed");
+            }
+        }
+        kept.sort();
+        Ok(kept)
+    }
+
+    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys().session(id))
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(ms(ttl));
+        self.pool().query::<()>(&cmd).await
+    }
+
+    async fn session_get(&self, id: &str) -> Result<Option<Bytes>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.keys().session(id));
+        let value: Option<Vec<u8>> = self.pool().query(&cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn session_delete(&self, id: &str) -> Result<()> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.keys().session(id));
+        self.pool().query::<i64>(&cmd).await.map(drop)
+    }
+}
