@@ -31,7 +31,12 @@ pub struct Args {
     #[arg(long, env = "SCALED_SOCKETS_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
     /// Accept `connect` without a token (development only)
-    #[arg(long, env = "SCALED_SOCKETS_ALLOW_ANONYMOUS")]
+    #[arg(
+        long,
+        env = "SCALED_SOCKETS_ALLOW_ANONYMOUS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_anonymous: bool,
     /// Enables the HTTP API (/api/*) with this bearer key
     #[arg(long, env = "SCALED_SOCKETS_API_KEY", hide_env_values = true)]

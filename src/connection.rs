@@ -240,13 +240,6 @@ struct ChannelSub {
     recheck: bool,
 }
 
-/// Counts bad frames in a 10 s window.
-#[derive(Debug)]
-struct BadFrameWindow {
-    started: Instant,
-    count: u32,
-}
-
 /// The connection task's private state.
 struct Conn {
     node: Arc<Node>,
@@ -258,7 +251,9 @@ struct Conn {
     next_server_ask: u64,
     next_generation: u64,
     bucket: TokenBucket,
-    bad: BadFrameWindow,
+    /// When the recent bad frames came (a sliding 10 s window; empty, and so
+    /// unallocated, for well-behaved clients).
+    bad: std::collections::VecDeque<Instant>,
 }
 
 /// Why the main loop ended.
@@ -367,6 +362,7 @@ async fn handshake(node: &Arc<Node>, ws: &mut Socket) -> Option<(Identity, Conne
     };
     let (token, session, subscriptions) = match protocol::parse_client_frame(&text) {
         Ok(ClientFrame::Connect {
+            id: _,
             token,
             session,
             subscriptions,
@@ -518,6 +514,26 @@ async fn welcome(
         }
     }
     node.register(&handle);
+    // The session is live (resumable by another tab) from now on, not only
+    // after this connection closes; the close rewrites it with positions.
+    {
+        let record = SessionRecord {
+            user: identity.user.clone(),
+            subscriptions: Vec::new(),
+        };
+        let node = node.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            if let Ok(bytes) = serde_json::to_vec(&record) {
+                let put =
+                    node.scaler
+                        .session_put(&session, bytes.into(), node.config.resume_window);
+                if let Err(e) = bounded(node.config.scaler_timeout, put).await {
+                    tracing::debug!(error = %e, "could not record the session");
+                }
+            }
+        });
+    }
     let frame = protocol::FrameWriter::new("welcome")
         .str("session", &session)
         .str("client", &handle.client)
@@ -539,10 +555,7 @@ async fn welcome(
         next_server_ask: 1,
         next_generation: 1,
         bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
-        bad: BadFrameWindow {
-            started: Instant::now(),
-            count: 0,
-        },
+        bad: std::collections::VecDeque::new(),
         node,
     };
     if !send_frame(ws, frame).await {
@@ -591,14 +604,16 @@ impl Conn {
     fn bad_frame(&mut self, id: Option<u64>, message: &str, out: &mut Vec<Utf8Bytes>) -> bool {
         Metrics::inc(&self.node.metrics.bad_frames_total);
         out.push(protocol::error(id, ErrorCode::BadRequest, message));
-        if self.bad.started.elapsed() > Duration::from_secs(10) {
-            self.bad = BadFrameWindow {
-                started: Instant::now(),
-                count: 0,
-            };
+        let now = Instant::now();
+        while self
+            .bad
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(10))
+        {
+            self.bad.pop_front();
         }
-        self.bad.count += 1;
-        self.bad.count > self.node.config.max_bad_frames
+        self.bad.push_back(now);
+        self.bad.len() > self.node.config.max_bad_frames as usize
     }
 
     /// Claims a command id; a duplicate of a pending one is a bad frame.
@@ -640,8 +655,8 @@ impl Conn {
             ))
         };
         match frame {
-            ClientFrame::Connect { .. } => {
-                if self.bad_frame(None, "already connected", out) {
+            ClientFrame::Connect { id, .. } => {
+                if self.bad_frame(id, "already connected", out) {
                     return too_many_bad();
                 }
             }
@@ -915,7 +930,9 @@ impl Conn {
         tokio::spawn(async move {
             let recovering = since.is_some();
             let timeout = node.config.scaler_timeout;
-            let result = async {
+            // One bound for the whole subscription (not per call), so a dead
+            // backend is answered `unavailable` within the documented 5 s.
+            let steps = async {
                 node.join_topic(&Topic::Channel(channel.clone()), &handle)
                     .await?;
                 let entry = PresenceEntry {
@@ -929,9 +946,8 @@ impl Conn {
                     limit: node.config.recovery_limit,
                 };
                 bounded(timeout, node.scaler.history(&channel, &request)).await
-            }
-            .await
-            .map_err(CommandError::from);
+            };
+            let result = bounded(timeout, steps).await.map_err(CommandError::from);
             handle.push(Outbound::Event(Box::new(ConnEvent::Subscribed {
                 id,
                 channel,

@@ -235,24 +235,30 @@ impl Node {
     }
 
     /// Drains: refuses new upgrades, tells every client to reconnect elsewhere
-    /// (1012), waits (at most `drain_timeout`) for the connections to end, then
-    /// leaves the cluster and stops background tasks.
+    /// (1012), waits for the connections to end, then leaves the cluster and
+    /// stops background tasks. The whole of it fits in `drain_timeout`.
     pub(crate) async fn drain(&self) {
+        let started = tokio::time::Instant::now();
+        let budget = self.config.drain_timeout;
         self.draining.store(true, Ordering::SeqCst);
         lock(&self.drain_root).take();
         self.close_all(protocol::close::RESTARTING, "instance restarting");
+        // Leave room for unregistering and for the HTTP server to stop.
+        let wait = budget
+            .saturating_sub(Duration::from_millis(1500))
+            .max(budget / 2);
         let waiter = lock(&self.drain_waiter).take();
         if let Some(waiter) = waiter {
-            if tokio::time::timeout(self.config.drain_timeout, waiter.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(wait, waiter.wait()).await.is_err() {
                 tracing::warn!("drain timeout reached with connections still open");
             }
         }
         self.shutdown.cancel();
+        let left = budget
+            .saturating_sub(started.elapsed())
+            .min(Duration::from_secs(1));
         if let Err(e) = bounded(
-            self.config.scaler_timeout,
+            left.max(Duration::from_millis(100)),
             self.scaler.unregister_instance(&self.id),
         )
         .await

@@ -94,6 +94,9 @@ pub struct SubscriptionRequest {
 pub enum ClientFrame<'a> {
     /// `connect` (only valid as the first frame).
     Connect {
+        /// The frame's id, if it had a usable one (only answered after the
+        /// handshake, when a second `connect` is refused).
+        id: Option<u64>,
         /// JWT, when given.
         token: Option<Cow<'a, str>>,
         /// Session to resume.
@@ -321,6 +324,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, BadFrame> {
             };
             match (token, session, subscriptions) {
                 (Ok(token), Ok(session), Ok(subscriptions)) => Ok(ClientFrame::Connect {
+                    id,
                     token,
                     session,
                     subscriptions,

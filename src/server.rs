@@ -65,65 +65,89 @@ impl Server {
     }
 
     /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
-    /// drains.
+    /// drains. While draining it keeps answering, so new upgrades and `/readyz`
+    /// get 503 rather than a refused connection.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let service = self.service();
-        // Plain HTTP connections stop at shutdown; upgraded sockets are drained
+        // Plain HTTP connections stop at the end; upgraded sockets are drained
         // by the node (they have left hyper by then).
-        let stop_http = CancellationToken::new();
-        let (http_root, http_waiter) = crate::shutdown::drain_pair();
+        let accept = Acceptor {
+            service: self.service(),
+            stop_http: CancellationToken::new(),
+            http_root: crate::shutdown::drain_pair(),
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off
-                            // instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service.clone())
-                        .with_upgrades();
-                    let stop = stop_http.clone();
-                    let guard = http_root.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        tokio::pin!(conn);
-                        let result = tokio::select! {
-                            r = conn.as_mut() => r,
-                            () = stop.cancelled() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "http connection ended with an error");
-                        }
-                    });
-                }
+                accepted = listener.accept() => accept.handle(accepted).await,
+            }
+        }
+        tracing::info!("draining");
+        let drain = self.node.drain();
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                () = &mut drain => break,
+                accepted = listener.accept() => accept.handle(accepted).await,
             }
         }
         drop(listener);
-        tracing::info!("draining");
-        self.node.drain().await;
-        // Plain HTTP requests in flight get a moment to finish.
-        stop_http.cancel();
-        drop(http_root);
-        let _ = tokio::time::timeout(Duration::from_secs(1), http_waiter.wait()).await;
+        accept.stop_http.cancel();
+        let (root, waiter) = accept.http_root;
+        drop(root);
+        let _ = tokio::time::timeout(Duration::from_millis(500), waiter.wait()).await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves accepted TCP connections with hyper.
+struct Acceptor {
+    service: ScaledSocketsService,
+    stop_http: CancellationToken,
+    http_root: (crate::shutdown::DrainGuard, crate::shutdown::DrainWaiter),
+}
+
+impl Acceptor {
+    async fn handle(
+        &self,
+        accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    ) {
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of
+                // spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), self.service.clone())
+            .with_upgrades();
+        let stop = self.stop_http.clone();
+        let guard = self.http_root.0.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
     }
 }

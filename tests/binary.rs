@@ -105,3 +105,10 @@ async fn flags_beat_env_beat_config_file() {
         .await;
     assert_eq!(over["code"], "limit_exceeded", "the file's limit applies");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_anonymous_from_the_environment() {
+    let instance = BinaryInstance::start(&[], &[("SCALED_SOCKETS_ALLOW_ANONYMOUS", "1")]);
+    let (_raw, welcome) = Raw::connect(&instance.url()).await;
+    assert_eq!(welcome["user"], serde_json::Value::Null);
+}

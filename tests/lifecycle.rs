@@ -163,7 +163,21 @@ async fn graceful_drain_tells_clients_to_reconnect() {
     let url = srv.url();
     let (mut a, _) = Raw::connect(&url).await;
     let (mut b, _) = Raw::connect(&url).await;
+    let readyz = srv.http("/readyz");
+    assert_eq!(http("GET", &readyz, &[], "").await.0, 200);
     let stopping = tokio::spawn(srv.shutdown());
+    // While the clients have not answered the close yet, the instance is
+    // draining: it still answers, but not ready, and refuses new upgrades.
+    support::eventually(WAIT, "readyz 503 while draining", || {
+        let readyz = readyz.clone();
+        async move { http("GET", &readyz, &[], "").await.0 == 503 }
+    })
+    .await;
+    let refused = tokio_tungstenite::connect_async(&url).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("a new upgrade while draining must get 503, got {other:?}"),
+    }
     for raw in [&mut a, &mut b] {
         let d = raw.recv_type("disconnect").await;
         assert_eq!(

@@ -305,6 +305,13 @@ pub async fn concurrent_publishers_get_gap_free_offsets(backend: &dyn TestBacken
 /// what was missed.
 pub async fn history_recovers_missed(backend: &dyn TestBackend) {
     let s = backend.connect().await;
+    if !s.capabilities().history {
+        eprintln!(
+            "SKIPPED history_recovers_missed: {} declares no history",
+            s.name()
+        );
+        return;
+    }
     let channel = unique("hist");
     let top = s.stream_top(&channel).await.expect("top");
     assert_eq!(top.offset, 0);
@@ -361,6 +368,13 @@ pub async fn history_recovers_missed(backend: &dyn TestBackend) {
 /// Trimmed history cannot recover what was trimmed, and says so.
 pub async fn trimmed_history_is_not_recovered(backend: &dyn TestBackend) {
     let s = backend.connect().await;
+    if !s.capabilities().history {
+        eprintln!(
+            "SKIPPED trimmed_history_is_not_recovered: {} declares no history",
+            s.name()
+        );
+        return;
+    }
     let channel = unique("trim");
     let small = PublishOptions {
         history_size: 5,
@@ -398,6 +412,13 @@ pub async fn trimmed_history_is_not_recovered(backend: &dyn TestBackend) {
 /// recoverable.
 pub async fn epoch_changes_when_history_expires(backend: &dyn TestBackend) {
     let s = backend.connect().await;
+    if !s.capabilities().history {
+        eprintln!(
+            "SKIPPED epoch_changes_when_history_expires: {} declares no history",
+            s.name()
+        );
+        return;
+    }
     let channel = unique("ttl");
     let short = PublishOptions {
         history_size: 10,
