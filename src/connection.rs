@@ -35,7 +35,7 @@ use scaled_sockets_scaler::{HistoryPage, HistoryRequest, PresenceEntry, StreamPo
 use serde::{Deserialize, Serialize};
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -43,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 use std::{pin::Pin, task::Poll};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -112,6 +112,13 @@ pub(crate) enum ConnEvent {
     ServerUnsubscribe { channel: String },
 }
 
+/// The outbound queue's contents.
+#[derive(Debug, Default)]
+struct OutQueue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
 /// The shared half of a connection: what the node and other tasks hold.
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
@@ -123,9 +130,15 @@ pub(crate) struct ConnHandle {
     pub expires_at_ms: u64,
     /// Node clock ms of the last frame from the client.
     pub last_seen_ms: AtomicU64,
-    tx: mpsc::Sender<Outbound>,
-    /// Set once the connection must close; `waker` wakes its task. (A flag and
-    /// a waker cost less per connection than a `Notify` and its future.)
+    /// The bounded outbound queue. A plain locked deque rather than a channel:
+    /// an idle connection's empty deque allocates nothing, where a channel
+    /// allocates its first block up front (about 1 KiB per connection). The
+    /// lock is held only to push or pop one item.
+    queue: Mutex<OutQueue>,
+    queue_limit: usize,
+    /// Set once the connection must close. `waker` wakes the connection task
+    /// for a kill or a queued item. (A flag and a waker cost less per
+    /// connection than a `Notify` and its future.)
     killed: AtomicBool,
     waker: AtomicWaker,
     kill_reason: Mutex<Option<(u16, Cow<'static, str>, bool)>>,
@@ -135,14 +148,53 @@ impl ConnHandle {
     /// Queues without waiting. A full queue marks a slow consumer, which is
     /// closed with 4008. Returns false when the item was not queued.
     pub(crate) fn push(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kill(close::POLICY, "slow consumer: outbound queue full", true);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            return false;
         }
+        if queue.items.len() >= self.queue_limit {
+            drop(queue);
+            self.kill(close::POLICY, "slow consumer: outbound queue full", true);
+            return false;
+        }
+        queue.items.push_back(item);
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+
+    /// The next queued item, or `Pending` with the task registered for a wake.
+    fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Outbound> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        match queue.items.pop_front() {
+            Some(item) => Poll::Ready(item),
+            None => {
+                // Registered while holding the lock: a push after this point
+                // wakes the registered waker, so no wake-up is lost.
+                self.waker.register(cx.waker());
+                if queue.items.capacity() > 64 {
+                    // A burst is over: give its memory back.
+                    queue.items = VecDeque::new();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The next queued item, if one is ready.
+    fn try_pop(&self) -> Option<Outbound> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .items
+            .pop_front()
+    }
+
+    /// Refuses further items and drops the queued ones.
+    fn close_queue(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.closed = true;
+        queue.items = VecDeque::new();
     }
 
     /// Asks the connection task to close with `code` (the first reason wins).
@@ -275,21 +327,18 @@ pub(crate) async fn serve_upgrade(
     on_upgrade: hyper::upgrade::OnUpgrade,
     guard: DrainGuard,
 ) {
-    let Some((conn, rx, ws)) = Box::pin(set_up(node, on_upgrade)).await else {
+    let Some((conn, ws)) = Box::pin(set_up(node, on_upgrade)).await else {
         return;
     };
-    let (mut conn, mut rx, mut ws) = (conn, rx, ws);
+    let (mut conn, mut ws) = (conn, ws);
     // By reference: rustc keeps an async fn's arguments in its state twice
     // (as passed, and as moved into locals), which would double the biggest
     // part of every idle connection.
-    run(&mut conn, &mut rx, &mut ws).await;
+    run(&mut conn, &mut ws).await;
     drop(guard);
 }
 
-async fn set_up(
-    node: Arc<Node>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Option<(Conn, mpsc::Receiver<Outbound>, Socket)> {
+async fn set_up(node: Arc<Node>, on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(Conn, Socket)> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -301,8 +350,8 @@ async fn set_up(
     let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (identity, connect) = handshake(&node, &mut ws).await?;
-    let (conn, rx) = welcome(node, &mut ws, identity, connect).await?;
-    Some((conn, rx, ws))
+    let conn = welcome(node, &mut ws, identity, connect).await?;
+    Some((conn, ws))
 }
 
 struct ConnectRequest {
@@ -439,7 +488,7 @@ async fn welcome(
     ws: &mut Socket,
     identity: Identity,
     connect: ConnectRequest,
-) -> Option<(Conn, mpsc::Receiver<Outbound>)> {
+) -> Option<Conn> {
     let timeout = node.config.scaler_timeout;
     let mut restored = Vec::new();
     let mut session_id = None;
@@ -465,7 +514,6 @@ async fn welcome(
     let session: Arc<str> = session_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
-    let (tx, rx) = mpsc::channel(node.config.outbound_queue);
     let expires_at_ms = identity
         .expires_at
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -477,7 +525,8 @@ async fn welcome(
         session: session.clone(),
         expires_at_ms,
         last_seen_ms: AtomicU64::new(node.clock_ms()),
-        tx,
+        queue: Mutex::new(OutQueue::default()),
+        queue_limit: node.config.outbound_queue,
         killed: AtomicBool::new(false),
         waker: AtomicWaker::new(),
         kill_reason: Mutex::new(None),
@@ -585,7 +634,7 @@ async fn welcome(
             return None;
         }
     }
-    Some((conn, rx))
+    Some(conn)
 }
 
 impl Conn {
@@ -1287,6 +1336,7 @@ impl Conn {
 
     /// Unregisters everywhere and saves the session for resumption.
     fn cleanup(&mut self) {
+        self.handle.close_queue();
         self.node.unregister(&self.handle);
         for channel in self.subs.keys() {
             self.leave_channel(channel);
@@ -1379,7 +1429,7 @@ async fn write_all(ws: &mut Socket, out: &mut Vec<Utf8Bytes>) -> Result<(), WsEr
 /// What woke the main loop.
 enum Wake {
     Killed,
-    Queued(Option<Outbound>),
+    Queued(Outbound),
     Incoming(Option<Result<Message, WsError>>),
 }
 
@@ -1395,7 +1445,7 @@ enum Written {
 /// Written with `poll_fn` rather than `select!`: the loop's state is what stays
 /// allocated for every idle connection, and `poll_fn` keeps only a few
 /// pointers in it where `select!` keeps every branch's future.
-async fn run(conn: &mut Conn, rx: &mut mpsc::Receiver<Outbound>, ws: &mut Socket) {
+async fn run(conn: &mut Conn, ws: &mut Socket) {
     let handle = conn.handle.clone();
     let mut out: Vec<Utf8Bytes> = Vec::new();
     let exit = loop {
@@ -1404,7 +1454,7 @@ async fn run(conn: &mut Conn, rx: &mut mpsc::Receiver<Outbound>, ws: &mut Socket
             if handle.poll_killed(cx) {
                 return Poll::Ready(Wake::Killed);
             }
-            if let Poll::Ready(item) = rx.poll_recv(cx) {
+            if let Poll::Ready(item) = handle.poll_pop(cx) {
                 return Poll::Ready(Wake::Queued(item));
             }
             if let Poll::Ready(msg) = Pin::new(&mut *ws).poll_next(cx) {
@@ -1418,14 +1468,13 @@ async fn run(conn: &mut Conn, rx: &mut mpsc::Receiver<Outbound>, ws: &mut Socket
                 let (code, reason, reconnect) = handle.take_kill_reason();
                 break Exit::Close(code, reason, reconnect);
             }
-            Wake::Queued(None) => break Exit::Gone,
-            Wake::Queued(Some(item)) => {
+            Wake::Queued(item) => {
                 conn.on_outbound(item, &mut out);
                 // Drain what else is ready, then write it with one flush.
                 for _ in 0..64 {
-                    match rx.try_recv() {
-                        Ok(item) => conn.on_outbound(item, &mut out),
-                        Err(_) => break,
+                    match handle.try_pop() {
+                        Some(item) => conn.on_outbound(item, &mut out),
+                        None => break,
                     }
                 }
             }
