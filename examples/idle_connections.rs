@@ -4,6 +4,7 @@
 //! ```text
 //! ulimit -n 65536
 //! cargo run --release --example idle_connections -- 10000
+//! IDLE_SCALER=redis://127.0.0.1:6380 cargo run --release --example idle_connections -- 10000
 //! ```
 //!
 //! The server runs in a child process (this same executable with `--serve`),

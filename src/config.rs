@@ -28,8 +28,10 @@ pub struct Config {
     /// Frames queued for one connection before it counts as a slow consumer
     /// (closed with 4008), so one slow client never stalls the others.
     pub outbound_queue: usize,
-    /// Initial capacity of a socket's read buffer, in bytes. Small, because an
-    /// idle socket should cost little; it grows for large frames.
+    /// Initial capacity of a socket's read buffer, and the most read from the
+    /// socket in one call, in bytes. Small, because an idle socket should cost
+    /// little (the buffer grows for large frames, which then take several
+    /// reads); raise it for connections that publish large frames at high rates.
     pub read_buffer_bytes: usize,
     /// How channel history is kept (size and TTL).
     pub history: PublishOptions,
@@ -61,7 +63,7 @@ impl Default for Config {
             drain_timeout: Duration::from_millis(10_000),
             resume_window: Duration::from_secs(120),
             outbound_queue: 1024,
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 256,
             history: PublishOptions {
                 history_size: 1000,
                 history_ttl: Duration::from_secs(600),

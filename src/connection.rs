@@ -264,13 +264,13 @@ impl ConnHandle {
 
 /// WebSocket settings for server sockets: small buffers for idle sockets (the
 /// library defaults hold 128 KiB per socket), frames capped at the limit.
-pub(crate) fn websocket_config(node: &Node) -> WebSocketConfig {
+pub(crate) fn websocket_config(config: &crate::Config) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(node.config.read_buffer_bytes)
+        .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(0)
-        .max_write_buffer_size(node.config.max_frame_bytes.saturating_mul(4).max(1 << 20))
-        .max_message_size(Some(node.config.max_frame_bytes))
-        .max_frame_size(Some(node.config.max_frame_bytes))
+        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4).max(1 << 20))
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
 }
 
 /// What a session record keeps between connections.
@@ -287,7 +287,7 @@ struct ChannelSub {
     /// Last position delivered to the client; `None` until subscribed.
     position: Option<StreamPosition>,
     /// `Some` while subscribing or repairing a gap: live publications wait here.
-    buffer: Option<Vec<Arc<SharedPublication>>>,
+    buffer: Option<Box<Vec<Arc<SharedPublication>>>>,
     /// Check for a gap again once the current repair is done.
     recheck: bool,
 }
@@ -346,7 +346,7 @@ async fn set_up(node: Arc<Node>, on_upgrade: hyper::upgrade::OnUpgrade) -> Optio
             return None;
         }
     };
-    let config = websocket_config(&node);
+    let config = websocket_config(&node.config);
     let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (identity, connect) = handshake(&node, &mut ws).await?;
@@ -961,7 +961,7 @@ impl Conn {
             ChannelSub {
                 generation,
                 position: None,
-                buffer: Some(Vec::new()),
+                buffer: Some(Box::default()),
                 recheck: false,
             },
         );
@@ -1068,7 +1068,7 @@ impl Conn {
         let Some(since) = sub.position.clone() else {
             return;
         };
-        sub.buffer = Some(first.into_iter().collect());
+        sub.buffer = Some(Box::new(first.into_iter().collect()));
         sub.recheck = false;
         let generation = sub.generation;
         let node = self.node.clone();
@@ -1312,7 +1312,7 @@ impl Conn {
             return;
         };
         sub.position = Some(position);
-        let buffered = sub.buffer.take().unwrap_or_default();
+        let buffered = sub.buffer.take().map(|b| *b).unwrap_or_default();
         let mut gap_at = None;
         for (i, p) in buffered.iter().enumerate() {
             if !deliver_live(sub, p, out) {
@@ -1505,6 +1505,10 @@ async fn run(conn: &mut Conn, ws: &mut Socket) {
                 }
             }
         }
+        if conn.pending.is_empty() && conn.pending.capacity() > 0 {
+            // Idle sockets keep no id table.
+            conn.pending = HashSet::new();
+        }
         if !out.is_empty() {
             // A write may wait on a slow socket; a kill must still get through.
             let mut next = 0;
@@ -1540,9 +1544,8 @@ async fn run(conn: &mut Conn, ws: &mut Socket) {
                     break Exit::Close(code, reason, reconnect);
                 }
             }
-            if out.capacity() > 64 {
-                out = Vec::new();
-            }
+            // Idle sockets keep no batch buffer.
+            out = Vec::new();
         }
     };
     conn.cleanup();
@@ -1559,5 +1562,35 @@ async fn run(conn: &mut Conn, ws: &mut Socket) {
             send_close(ws, code, &reason).await;
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle sockets must not hold the WebSocket library's default buffers
+    /// (128 KiB each way): that is the difference between a few KiB and over
+    /// 100 KiB per idle connection.
+    #[test]
+    fn idle_sockets_get_small_buffers() {
+        let config = websocket_config(&crate::Config::default());
+        assert!(
+            config.read_buffer_size <= 4096,
+            "read buffer {}",
+            config.read_buffer_size
+        );
+        assert_eq!(
+            config.write_buffer_size, 0,
+            "frames are written, not buffered"
+        );
+        assert_eq!(config.max_message_size, Some(65_536));
+        assert_eq!(config.max_frame_size, Some(65_536));
+    }
+
+    /// Every item of the outbound queue is one pointer plus a tag.
+    #[test]
+    fn outbound_items_are_small() {
+        assert!(std::mem::size_of::<Outbound>() <= 16);
     }
 }
