@@ -415,6 +415,14 @@ impl Node {
                 Metrics::inc(&self.metrics.publications_total);
                 Ok(pos)
             }
+            // Sent but not confirmed in time: it may have been applied, so
+            // `unavailable` ("nothing was published") would be a lie.
+            Err(ScalerError::Timeout(limit)) => Err(CommandError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the backend did not confirm within {limit:?}; the publication may or may not have been made"
+                ),
+            )),
             Err(e) => {
                 if e.is_unavailable() {
                     Metrics::inc(&self.metrics.unavailable_total);
@@ -638,7 +646,8 @@ async fn run_feed(node: std::sync::Weak<Node>, mut events: mpsc::Receiver<FeedEv
                 } else {
                     tracing::info!("scaler feed resumed; checking channels for gaps");
                 }
-                tokio::spawn(check_gaps(node.clone()));
+                let restarted = matches!(event, FeedEvent::Resumed);
+                tokio::spawn(check_gaps(node.clone(), restarted));
             }
         }
     }
@@ -648,8 +657,39 @@ async fn run_feed(node: std::sync::Weak<Node>, mut events: mpsc::Receiver<FeedEv
 /// top once and lets every local subscriber compare it with what it delivered.
 /// Subscribers behind the top replay from history (or are told
 /// `recovered:false`): a gap is never silent.
-async fn check_gaps(node: Arc<Node>) {
+async fn check_gaps(node: Arc<Node>, backend_restarted: bool) {
     for channel in node.channel_topics() {
+        if backend_restarted {
+            // A backend that restarted empty lost our presence entries: write
+            // them again (idempotent when it kept them).
+            let members: Vec<Arc<ConnHandle>> = lock(&node.topics)
+                .get(&Topic::Channel(channel.clone()))
+                .map(|e| e.members.values().cloned().collect())
+                .unwrap_or_default();
+            for conn in members {
+                let entry = PresenceEntry {
+                    client: conn.client.to_string(),
+                    user: conn.user.as_deref().map(str::to_owned),
+                    instance: node.id.to_string(),
+                };
+                let add = node.scaler.presence_add(&channel, &entry);
+                if let Err(e) = bounded(node.config.scaler_timeout, add).await {
+                    tracing::warn!(%channel, error = %e, "could not restore presence");
+                    break;
+                }
+                // Left meanwhile? Then take the entry back out.
+                let still = lock(&node.topics)
+                    .get(&Topic::Channel(channel.clone()))
+                    .is_some_and(|e| e.members.contains_key(&conn.key));
+                if !still {
+                    let _ = bounded(
+                        node.config.scaler_timeout,
+                        node.scaler.presence_remove(&channel, &conn.client),
+                    )
+                    .await;
+                }
+            }
+        }
         let top = bounded(node.config.scaler_timeout, node.scaler.stream_top(&channel)).await;
         let top = match top {
             Ok(top) => top,
