@@ -212,6 +212,12 @@ pub struct History {
     max_ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
     config: async_nats::jetstream::stream::Config,
+    /// One append in flight per channel from this process. Appends are a
+    /// compare-and-set on the channel's last message: concurrent appends from
+    /// one instance would only keep invalidating each other (and could retry
+    /// until they time out), so they queue here and contend only with other
+    /// instances.
+    appending: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What one attempt to append found.
@@ -262,6 +268,7 @@ impl History {
             max_size,
             max_ttl,
             cache: Mutex::new(HashMap::new()),
+            appending: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -405,6 +412,16 @@ impl History {
         options: &PublishOptions,
     ) -> Result<StreamPosition> {
         let subject = self.names.history_subject(channel);
+        let gate = {
+            let mut gates = self.appending.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget gates nobody waits on, so the map stays as small as the
+            // set of channels being published to right now.
+            if gates.len() > 1024 {
+                gates.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            gates.entry(subject.clone()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
         let ttl = self.capped_ttl(options.history_ttl);
         let size = (options.history_size as u64).min(self.max_size);
         let mut from_cache = self.cached_head(&subject);

@@ -32,7 +32,7 @@ use async_nats::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use scaled_sockets_scaler::{Result, ScalerError};
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 /// Header holding a record's TTL in milliseconds.
 pub const TTL_HEADER: &str = "Ss-Ttl-Ms";
@@ -290,7 +290,9 @@ impl Bucket {
             .map_err(to_scaler("list records", self.timeout))?;
         let name = consumer.cached_info().name.clone();
         let mut pending = consumer.cached_info().num_pending;
-        let mut records = Vec::new();
+        // Per key, its last write seen (None: deleted). The consumer also
+        // delivers writes made while the scan runs, so a key can come twice.
+        let mut latest: HashMap<String, (u64, Option<Record>)> = HashMap::new();
         let result: Result<()> = async {
             while pending > 0 {
                 let mut batch = consumer
@@ -312,19 +314,21 @@ impl Bucket {
                     pending = info.pending;
                     let published = info.published;
                     let headers = msg.headers.as_ref();
-                    if is_delete(headers) {
-                        continue;
-                    }
                     let Some(key) = msg.subject.as_str().strip_prefix(&prefix) else {
                         continue;
                     };
-                    records.push(Record {
+                    let revision = info.stream_sequence;
+                    if latest.get(key).is_some_and(|(seen, _)| *seen > revision) {
+                        continue;
+                    }
+                    let record = (!is_delete(headers)).then(|| Record {
                         key: key.to_owned(),
-                        revision: info.stream_sequence,
+                        revision,
                         deleted: false,
                         expired: ttl_expired(headers, published),
                         value: msg.payload.clone(),
                     });
+                    latest.insert(key.to_owned(), (revision, record));
                 }
                 if got == 0 {
                     break;
@@ -337,6 +341,10 @@ impl Bucket {
         tokio::spawn(async move {
             let _ = stream.delete_consumer(&name).await;
         });
-        result.map(|()| records)
+        result.map(|()| {
+            let mut records: Vec<Record> = latest.into_values().filter_map(|(_, r)| r).collect();
+            records.sort_by_key(|r| r.revision);
+            records
+        })
     }
 }
