@@ -191,6 +191,7 @@ impl ScaledSocketsService {
         }
         match (req.method().clone(), req.uri().path()) {
             (Method::POST, "/api/publish") => self.api_publish(req).await,
+            (Method::POST, "/api/tell") => self.api_tell(req).await,
             (Method::GET, "/api/cluster") => self.api_cluster().await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -249,6 +250,82 @@ impl ScaledSocketsService {
                 api_error(StatusCode::BAD_REQUEST, e.code, &e.message)
             }
             Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.code, &e.message),
+        }
+    }
+
+    /// `POST /api/tell` `{"user"|"session"|"client": id, "event": e, "data": …}`:
+    /// a `tell` to every connection of a user or session, or to one client,
+    /// wherever they are connected. 200 `{}`; 400 bad body; 503 when the
+    /// backend is down; 404 for an unknown client.
+    async fn api_tell<B>(self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "body unreadable or larger than 1 MiB",
+                );
+            }
+        };
+        #[derive(Deserialize)]
+        struct TellBody<'a> {
+            user: Option<String>,
+            session: Option<String>,
+            client: Option<String>,
+            event: String,
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        let parsed: TellBody<'_> = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &format!(
+                        "expected {{\"user\"|\"session\"|\"client\": string, \"event\": string, \"data\": any}}: {e}"
+                    ),
+                );
+            }
+        };
+        let data = match parsed.data {
+            Some(raw) => crate::Data::from(raw),
+            None => crate::Data::null(),
+        };
+        let sockets = crate::Sockets {
+            node: self.node.clone(),
+        };
+        let result = match (parsed.user, parsed.session, parsed.client) {
+            (Some(user), None, None) => sockets.tell_user(&user, &parsed.event, &data).await,
+            (None, Some(session), None) => {
+                sockets.tell_session(&session, &parsed.event, &data).await
+            }
+            (None, None, Some(client)) => sockets.tell_client(&client, &parsed.event, &data).await,
+            _ => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "name exactly one of `user`, `session` or `client`",
+                );
+            }
+        };
+        match result {
+            Ok(()) => json(StatusCode::OK, "{}"),
+            Err(e) => {
+                let status = match e.code {
+                    ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+                    ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                    ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                api_error(status, e.code, &e.message)
+            }
         }
     }
 

@@ -594,6 +594,23 @@ async fn presence_user_tells_http_publish_and_cluster_view<B: Backend>() {
             json!({"type":"message","channel":"room","data":{"via":"http","n":1},"offset":1,"epoch":epoch})
         );
     }
+    // A user-wide tell through node-2 (which holds none of alice's
+    // connections) reaches both of them, on node-1 and node-3, and nobody else.
+    let (status, answer) = http(
+        "POST",
+        &cluster.nodes[1].http("/api/tell"),
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        r#"{"user":"alice","event":"note","data":{"n":123456789012345678901234567890}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    for raw in [&mut alice_1, &mut alice_3] {
+        let t = raw.recv_type("tell").await;
+        assert_eq!(t["event"], "note", "{t}");
+    }
+    for raw in anon.iter_mut() {
+        raw.quiet(Duration::from_millis(300)).await;
+    }
     // The cluster view, from every instance: exactly the three instances, with
     // integer loads that soon reflect the connections (node-1 and node-3 hold
     // two each, node-2 one).
