@@ -64,6 +64,23 @@ fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Res
     json(status, body)
 }
 
+/// Reads an API request body of at most [`MAX_API_BODY`] bytes.
+async fn read_body<B>(req: Request<B>) -> Result<Bytes, Response<ResponseBody>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "body unreadable or larger than 1 MiB",
+        )),
+    }
+}
+
 impl ScaledSocketsService {
     async fn handle<B>(self, req: Request<B>) -> Response<ResponseBody>
     where
@@ -203,15 +220,9 @@ impl ScaledSocketsService {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "body unreadable or larger than 1 MiB",
-                );
-            }
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
         };
         #[derive(Deserialize)]
         struct PublishBody<'a> {
@@ -263,15 +274,9 @@ impl ScaledSocketsService {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "body unreadable or larger than 1 MiB",
-                );
-            }
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
         };
         #[derive(Deserialize)]
         struct TellBody<'a> {
