@@ -31,7 +31,7 @@ use scaled_sockets_scaler::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -112,6 +112,9 @@ pub(crate) struct Node {
     pub(crate) shutdown: CancellationToken,
     /// Cloned into every connection task; taken (dropped) when draining starts.
     drain_root: Mutex<Option<DrainGuard>>,
+    /// Recently read ids of the live instances, so routing a message to a
+    /// connection on another instance does not list the registry every time.
+    live_instances: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
     drain_waiter: Mutex<Option<DrainWaiter>>,
     started: Instant,
 }
@@ -169,6 +172,7 @@ impl Node {
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             drain_root: Mutex::new(Some(drain_root)),
+            live_instances: Mutex::new(None),
             drain_waiter: Mutex::new(Some(drain_waiter)),
             started: Instant::now(),
         });
@@ -448,18 +452,46 @@ impl Node {
             return Err(CommandError::not_found(format!("no client `{client}`")));
         };
         if instance == &*self.id {
-            self.handle_direct(message).await;
+            // Checked before handling: a disconnect may end the connection
+            // (and unregister it) before we could look afterwards.
             if self.local(client).is_none() {
                 return Err(CommandError::not_found(format!("no client `{client}`")));
             }
+            self.handle_direct(message).await;
             return Ok(());
         }
-        if !self.scaler.instance_is_live(instance).await? {
+        if !self
+            .live_instance_ids(Some(instance))
+            .await?
+            .contains(instance)
+        {
             return Err(CommandError::not_found(format!(
                 "client `{client}`: its instance is gone"
             )));
         }
         self.send_direct(instance, &message).await
+    }
+
+    /// The ids of the live instances, read from the registry at most once per
+    /// heartbeat interval. When `expecting` is absent from a cached view that
+    /// is not brand new, the registry is read again: it may have just joined.
+    async fn live_instance_ids(
+        &self,
+        expecting: Option<&str>,
+    ) -> Result<Arc<HashSet<String>>, ScalerError> {
+        let max_age = self.config.heartbeat_interval;
+        let cached = lock(&self.live_instances).clone();
+        if let Some((read_at, ids)) = cached {
+            let fresh = read_at.elapsed() < max_age;
+            let recent = read_at.elapsed() < Duration::from_millis(100);
+            if fresh && (recent || expecting.is_none_or(|id| ids.contains(id))) {
+                return Ok(ids);
+            }
+        }
+        let list = bounded(self.config.scaler_timeout, self.scaler.instances()).await?;
+        let ids: Arc<HashSet<String>> = Arc::new(list.into_iter().map(|i| i.id).collect());
+        *lock(&self.live_instances) = Some((Instant::now(), ids.clone()));
+        Ok(ids)
     }
 
     async fn handle_direct(&self, message: Direct) {
@@ -881,16 +913,16 @@ impl Sockets {
     ) -> Result<(), CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
         let frame = protocol::tell(event, data.get(), None).as_str().to_owned();
-        let instances = self.instances().await?;
-        for instance in instances {
+        let instances = self.node.live_instance_ids(None).await?;
+        for instance in instances.iter() {
             let message = Direct::TellSession {
                 session: session.to_owned(),
                 frame: frame.clone(),
             };
-            if instance.id == *self.node.id {
+            if **instance == *self.node.id {
                 self.node.handle_direct(message).await;
             } else {
-                self.node.send_direct(&instance.id, &message).await?;
+                self.node.send_direct(instance, &message).await?;
             }
         }
         Ok(())
