@@ -22,44 +22,57 @@
 //! ```
 //!
 //! # Module map
-//! - [`app`]: what an application plugs in: `ask`/`tell` handlers, the
-//!   authenticator, connect/disconnect hooks; [`Data`] and [`Context`].
-//! - [`auth`]: [`Authenticator`], [`Identity`], the HS256 [`JwtAuthenticator`].
+//! Dependencies point one way: `http` → `connection` → `hub` → scaler;
+//! `app`, `auth`, `data`, `mailbox` and the small helpers are leaves that
+//! know no layer above them.
+//!
 //! - [`server`]: [`Server`]: start, serve with graceful drain, or mount as a
-//!   service.
-//! - [`http`]: the routes (`/ws`, `/healthz`, `/readyz`, `/metrics`, `/api/*`)
-//!   as a hyper/tower service.
-//! - `node` (private, exposed as [`Sockets`]): one instance's local state, the
-//!   scaler feed dispatcher, cross-instance routing.
-//! - `connection` (private): one socket's task: handshake, commands, ordered
-//!   delivery with gap repair, bounded outbound queue.
+//!   service; dropping it leaves the cluster.
+//! - [`http`]: the routes (`/ws`, probes, `/metrics`, `/api/*`) as a hyper and
+//!   tower service.
+//! - `connection` (private): one client connection's task: handshake,
+//!   commands, subscriptions with gap repair, the socket loop.
+//! - `hub` (private): one instance's local state and cluster link: interest
+//!   and fan-out, the feed dispatcher, peer messages, registry, liveness.
+//! - `mailbox` (private): a connection's shared handle and bounded outbound
+//!   queue, what the hub and app code push to.
+//! - [`sockets`]: [`Sockets`], the app's handle on the cluster (publish, tell,
+//!   ask, subscribe, disconnect, presence, anywhere).
+//! - [`app`]: what an application plugs in: `ask`/`tell` handlers (typed with
+//!   [`Json`] and [`State`]), hooks, [`Context`].
+//! - [`auth`]: [`Authenticator`], [`Identity`], the HS256 [`JwtAuthenticator`].
+//! - [`data`]: [`Data`], JSON relayed untouched.
 //! - [`protocol`]: wire protocol v1 parsing and encoding, close codes.
 //! - [`config`]: limits and timeouts with their defaults.
 //! - [`cli`]: the standalone server's flags, env and TOML config.
-//! - [`metrics`], [`pattern`], [`rate_limit`], `shutdown`: small helpers.
 //! - [`error`]: [`Error`], [`CommandError`] and the protocol [`ErrorCode`]s.
+//! - [`metrics`], [`pattern`], [`rate_limit`], `shutdown`: small helpers.
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 mod connection;
+pub mod data;
 pub mod error;
 pub mod http;
+mod hub;
+mod mailbox;
 pub mod metrics;
-mod node;
 pub mod pattern;
 pub mod protocol;
 pub mod rate_limit;
 pub mod server;
 mod shutdown;
+pub mod sockets;
 
-pub use app::{App, AskResult, Context, Data};
-pub use auth::{AllowAnonymous, Authenticator, Identity, JwtAuthenticator};
+pub use app::{App, AskResult, Context, Json, State};
+pub use auth::{AllowAnonymous, Authenticator, DenyAll, Identity, JwtAuthenticator};
 pub use config::Config;
+pub use data::Data;
 pub use error::{CommandError, Error, ErrorCode};
 pub use http::ScaledSocketsService;
-pub use node::Sockets;
 pub use pattern::Permission;
 pub use scaled_sockets_scaler::{self as scaler, MemoryScaler, Scaler, StreamPosition};
 pub use server::Server;
+pub use sockets::Sockets;

@@ -1,11 +1,14 @@
-//! Accepting connections and shutting down gracefully.
+//! [`Server`]: starting an instance, accepting connections, shutting down
+//! gracefully.
 
 use crate::{
     app::App,
     config::Config,
+    connection::Endpoint,
     error::Error,
     http::ScaledSocketsService,
-    node::{Node, Sockets},
+    hub::{Hub, ShutdownGuard},
+    sockets::Sockets,
 };
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,35 +17,45 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// One running instance: its node (cluster link and sockets) plus the HTTP
-/// front. Start it with [`Server::start`], then either [`Server::serve`] it on a
-/// listener or mount [`Server::service`] in your own hyper or axum app.
+/// One running instance: its hub (cluster link and connections), its app,
+/// and the HTTP front. Start it with [`Server::start`], then either
+/// [`Server::serve`] it on a listener or mount [`Server::service`] in your own
+/// hyper or axum app.
+///
+/// Dropping a `Server` without [`Server::drain`] still stops its background
+/// tasks, closes its connections (1012, reconnect) and takes the instance out
+/// of the cluster registry: no ghost instance stays behind.
 #[derive(Debug)]
 pub struct Server {
-    node: Arc<Node>,
+    endpoint: Endpoint,
+    _shutdown: ShutdownGuard,
 }
 
 impl Server {
     /// Joins the cluster through `scaler` (opens the feed, registers the
     /// instance) and starts the background tasks.
     pub async fn start(config: Config, scaler: Arc<dyn Scaler>, app: App) -> Result<Self, Error> {
+        app.validate()?;
+        let (hub, shutdown) = Hub::start(config, scaler).await?;
         Ok(Self {
-            node: Node::start(config, scaler, app).await?,
+            endpoint: Endpoint {
+                hub,
+                app: Arc::new(app),
+            },
+            _shutdown: shutdown,
         })
     }
 
     /// The app-facing handle: publish, tell, ask... anywhere in the cluster.
     pub fn sockets(&self) -> Sockets {
-        Sockets {
-            node: self.node.clone(),
-        }
+        Sockets::new(self.endpoint.hub.clone())
     }
 
     /// Every route (`/ws`, `/healthz`, `/readyz`, `/metrics`, `/api/*`) as a
     /// hyper and tower service.
     pub fn service(&self) -> ScaledSocketsService {
         ScaledSocketsService {
-            node: self.node.clone(),
+            endpoint: self.endpoint.clone(),
             websocket_only: false,
         }
     }
@@ -51,7 +64,7 @@ impl Server {
     /// mounted at.
     pub fn websocket_service(&self) -> ScaledSocketsService {
         ScaledSocketsService {
-            node: self.node.clone(),
+            endpoint: self.endpoint.clone(),
             websocket_only: true,
         }
     }
@@ -61,7 +74,7 @@ impl Server {
     /// most the configured drain timeout. Use it when you mount the service in
     /// your own server; [`Server::serve`] calls it for you.
     pub async fn drain(&self) {
-        self.node.drain().await;
+        self.endpoint.hub.drain().await;
     }
 
     /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
@@ -87,7 +100,7 @@ impl Server {
             }
         }
         tracing::info!("draining");
-        let drain = self.node.drain();
+        let drain = self.endpoint.hub.drain();
         tokio::pin!(drain);
         loop {
             tokio::select! {

@@ -1,0 +1,318 @@
+//! Client commands: one function per client frame.
+//!
+//! A command that needs the backend or app code runs in its own task
+//! ([`Conn::spawn_command`]) and its answer comes back through the mailbox, so
+//! the connection's loop never waits on anything but its socket and queue.
+
+use super::{Conn, io::Exit};
+use crate::{
+    data::Data,
+    error::{CommandError, ErrorCode},
+    hub::bounded,
+    mailbox::{ConnEvent, Outbound},
+    metrics::Metrics,
+    protocol::{self, ClientFrame, SubscriptionRequest, close},
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The answer of a command handled on the spot: frames to send, and whether
+/// the connection must close.
+type Handled = Option<Exit>;
+
+fn too_many_bad_frames() -> Exit {
+    Exit::Close(close::PROTOCOL, "too many bad frames".into(), false)
+}
+
+impl Conn {
+    /// Records a bad frame; true when the connection must close (4000).
+    fn bad_frame(&mut self, id: Option<u64>, message: &str, out: &mut Vec<Utf8Bytes>) -> bool {
+        Metrics::inc(&self.hub.metrics.bad_frames_total);
+        out.push(protocol::error(id, ErrorCode::BadRequest, message));
+        let now = Instant::now();
+        while self
+            .bad
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(10))
+        {
+            self.bad.pop_front();
+        }
+        self.bad.push_back(now);
+        self.bad.len() > self.hub.config.max_bad_frames as usize
+    }
+
+    /// Claims a command id; a duplicate of a pending one is a bad frame
+    /// (`Err(true)` when the connection must close for it).
+    fn claim(&mut self, id: u64, out: &mut Vec<Utf8Bytes>) -> Result<(), bool> {
+        if self.pending.insert(id) {
+            Ok(())
+        } else {
+            Err(self.bad_frame(Some(id), &format!("id {id} is already pending"), out))
+        }
+    }
+
+    /// Answers command `id` at once.
+    fn answer(&mut self, id: u64, frame: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
+        self.pending.remove(&id);
+        out.push(frame);
+    }
+
+    /// Answers command `id` with an error at once.
+    fn fail(&mut self, id: u64, e: CommandError, out: &mut Vec<Utf8Bytes>) {
+        self.answer(id, protocol::error(Some(id), e.code, &e.message), out);
+    }
+
+    /// Runs `work` in its own task; its answer comes back as `ConnEvent::Done`.
+    pub(super) fn spawn_command<F>(&self, id: u64, work: F)
+    where
+        F: Future<Output = Utf8Bytes> + Send + 'static,
+    {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let frame = work.await;
+            handle.push(Outbound::Event(Box::new(ConnEvent::Done { id, frame })));
+        });
+    }
+
+    /// Handles one text frame. Returns an exit when the connection must close.
+    pub(super) fn on_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Handled {
+        let frame = match protocol::parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(bad) => {
+                return self
+                    .bad_frame(bad.id, &bad.message, out)
+                    .then(too_many_bad_frames);
+            }
+        };
+        // Every command with an id claims it first: one answer per id.
+        if let Some(id) = command_id(&frame) {
+            if let Err(fatal) = self.claim(id, out) {
+                return fatal.then(too_many_bad_frames);
+            }
+        }
+        match frame {
+            ClientFrame::Connect { id, .. } => {
+                if self.bad_frame(id, "already connected", out) {
+                    return Some(too_many_bad_frames());
+                }
+            }
+            ClientFrame::Subscribe { id, request } => self.on_subscribe(id, request, out),
+            ClientFrame::Unsubscribe { id, channel } => {
+                self.end_subscription(&channel);
+                self.answer(id, protocol::reply(id).finish(), out);
+            }
+            ClientFrame::Publish { id, channel, data } => self.on_publish(id, channel, data, out),
+            ClientFrame::Ask {
+                id,
+                event,
+                data,
+                core,
+            } => self.on_ask(id, &event, data, core, out),
+            ClientFrame::Tell { event, data, core } => self.on_tell(&event, data, core, out),
+            ClientFrame::Join { id, core, .. } | ClientFrame::Leave { id, core } => {
+                self.fail(
+                    id,
+                    CommandError::not_found(format!("no core `{core}`")),
+                    out,
+                );
+            }
+            ClientFrame::Presence { id, channel } => self.on_presence(id, channel, out),
+            ClientFrame::Reply { id, data } => {
+                if let Some(tx) = self.server_asks.remove(&id) {
+                    let _ = tx.send(Ok(Data::from(data)));
+                }
+            }
+            ClientFrame::Error { id, code, message } => {
+                if let Some(tx) = self.server_asks.remove(&id) {
+                    let code = ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal);
+                    let _ = tx.send(Err(CommandError::new(code, message)));
+                }
+            }
+            ClientFrame::Pong => {}
+        }
+        None
+    }
+
+    fn on_subscribe(&mut self, id: u64, request: SubscriptionRequest, out: &mut Vec<Utf8Bytes>) {
+        if let Err(e) = self.check_subscribe(&request.channel) {
+            return self.fail(id, e, out);
+        }
+        let Some(sub) = self.subs.get(request.channel.as_str()) else {
+            return self.start_subscription(Some(id), request);
+        };
+        let frame = match &sub.position {
+            Some(pos) => protocol::reply(id)
+                .u64("offset", pos.offset)
+                .str("epoch", &pos.epoch)
+                .finish(),
+            None => protocol::error(
+                Some(id),
+                ErrorCode::BadRequest,
+                "a subscription to this channel is in progress",
+            ),
+        };
+        self.answer(id, frame, out);
+    }
+
+    fn on_publish(
+        &mut self,
+        id: u64,
+        channel: Cow<'_, str>,
+        data: &RawValue,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if !self.identity.publish.allows(&channel) {
+            let e = CommandError::forbidden("you may not publish to this channel");
+            return self.fail(id, e, out);
+        }
+        if !self.bucket.try_take() {
+            let e = CommandError::new(ErrorCode::RateLimited, "publish rate limit exceeded");
+            return self.fail(id, e, out);
+        }
+        let hub = self.hub.clone();
+        let channel = channel.into_owned();
+        let data = data.get().to_owned();
+        // Publishes of one connection reach the backend in the order they were
+        // sent: each waits for the previous one. (Tasks on a multi-threaded
+        // runtime start in no particular order.)
+        let previous = self.last_publish.take();
+        let (done, next) = oneshot::channel::<()>();
+        self.last_publish = Some(next);
+        self.spawn_command(id, async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let result = hub.publish(&channel, &data).await;
+            let _ = done.send(());
+            match result {
+                Ok(pos) => protocol::reply(id)
+                    .u64("offset", pos.offset)
+                    .str("epoch", &pos.epoch)
+                    .finish(),
+                Err(e) => protocol::error(Some(id), e.code, &e.message),
+            }
+        });
+    }
+
+    fn on_ask(
+        &mut self,
+        id: u64,
+        event: &str,
+        data: &RawValue,
+        core: Option<Cow<'_, str>>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if let Some(core) = core {
+            return self.fail(
+                id,
+                CommandError::not_found(format!("no core `{core}`")),
+                out,
+            );
+        }
+        let Some(handler) = self.app.asks.get(event).cloned() else {
+            let e = CommandError::not_found(format!("no ask handler for `{event}`"));
+            return self.fail(id, e, out);
+        };
+        let cx = self.context();
+        let data = Data::from(data);
+        let limit = self.hub.config.ask_timeout;
+        self.spawn_command(id, async move {
+            match tokio::time::timeout(limit, handler(cx, data)).await {
+                Ok(Ok(data)) => protocol::reply_data(id, data.get()),
+                Ok(Err(e)) => protocol::error(Some(id), e.code, &e.message),
+                Err(_) => protocol::error(
+                    Some(id),
+                    ErrorCode::Timeout,
+                    "the handler did not answer in time",
+                ),
+            }
+        });
+    }
+
+    fn on_tell(
+        &mut self,
+        event: &str,
+        data: &RawValue,
+        core: Option<Cow<'_, str>>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let started = match (core, self.app.tells.get(event)) {
+            (Some(core), _) => Err(CommandError::not_found(format!("no core `{core}`"))),
+            (None, None) => Err(CommandError::not_found(format!(
+                "no tell handler for `{event}`"
+            ))),
+            (None, Some(handler)) => handler(self.context(), Data::from(data)),
+        };
+        match started {
+            Ok(task) => {
+                tokio::spawn(task);
+            }
+            // A tell has no id: its error answers no frame.
+            Err(e) => out.push(protocol::error(None, e.code, &e.message)),
+        }
+    }
+
+    fn on_presence(&mut self, id: u64, channel: Cow<'_, str>, out: &mut Vec<Utf8Bytes>) {
+        if !self.identity.subscribe.allows(&channel) {
+            let e = CommandError::forbidden("you may not see this channel");
+            return self.fail(id, e, out);
+        }
+        let hub = self.hub.clone();
+        let channel = channel.into_owned();
+        self.spawn_command(id, async move {
+            let entries = bounded(hub.config.scaler_timeout, hub.scaler.presence(&channel)).await;
+            match entries {
+                Ok(entries) => {
+                    #[derive(Serialize)]
+                    struct Client<'a> {
+                        client: &'a str,
+                        user: Option<&'a str>,
+                    }
+                    #[derive(Serialize)]
+                    struct Clients<'a> {
+                        clients: Vec<Client<'a>>,
+                    }
+                    let clients = Clients {
+                        clients: entries
+                            .iter()
+                            .map(|e| Client {
+                                client: &e.client,
+                                user: e.user.as_deref(),
+                            })
+                            .collect(),
+                    };
+                    protocol::reply(id).json("data", &clients).finish()
+                }
+                Err(e) => {
+                    let e = CommandError::from(e);
+                    protocol::error(Some(id), e.code, &e.message)
+                }
+            }
+        });
+    }
+}
+
+/// The id a command must be answered with, for frames that are commands (not
+/// answers to a server ask, not `connect`).
+fn command_id(frame: &ClientFrame<'_>) -> Option<u64> {
+    match frame {
+        ClientFrame::Subscribe { id, .. }
+        | ClientFrame::Unsubscribe { id, .. }
+        | ClientFrame::Publish { id, .. }
+        | ClientFrame::Ask { id, .. }
+        | ClientFrame::Join { id, .. }
+        | ClientFrame::Leave { id, .. }
+        | ClientFrame::Presence { id, .. } => Some(*id),
+        ClientFrame::Connect { .. }
+        | ClientFrame::Tell { .. }
+        | ClientFrame::Reply { .. }
+        | ClientFrame::Error { .. }
+        | ClientFrame::Pong => None,
+    }
+}

@@ -1,0 +1,268 @@
+//! The start of a connection: waiting for `connect`, authenticating it,
+//! resuming or creating the session, registering with the hub, `welcome`.
+
+use super::{
+    Conn,
+    io::{Socket, send_close, send_frame},
+    session::{self, SessionRecord},
+};
+use crate::{
+    app::App,
+    auth::Identity,
+    error::ErrorCode,
+    hub::Hub,
+    mailbox::Mailbox,
+    protocol::{self, ClientFrame, SubscriptionRequest, close},
+    rate_limit::TokenBucket,
+};
+use futures_util::StreamExt;
+use scaled_sockets_scaler::Topic;
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// What `connect` asked for besides authentication.
+pub(super) struct ConnectRequest {
+    session: Option<String>,
+    subscriptions: Vec<SubscriptionRequest>,
+}
+
+/// Waits for `connect` and authenticates it.
+pub(super) async fn handshake(
+    hub: &Hub,
+    app: &App,
+    ws: &mut Socket,
+) -> Option<(Identity, ConnectRequest)> {
+    let deadline = tokio::time::Instant::now() + hub.config.handshake_timeout;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                send_close(
+                    ws,
+                    close::HANDSHAKE_TIMEOUT,
+                    "no connect within the handshake timeout",
+                )
+                .await;
+                return None;
+            }
+            Ok(None) | Ok(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
+                return None;
+            }
+            Ok(Some(Err(WsError::Capacity(_)))) => {
+                send_close(ws, close::TOO_LARGE, "frame too large").await;
+                return None;
+            }
+            Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                send_close(ws, close::BINARY, "binary frames are not accepted").await;
+                return None;
+            }
+            Ok(Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let (token, session, subscriptions) = match protocol::parse_client_frame(&text) {
+        Ok(ClientFrame::Connect {
+            id: _,
+            token,
+            session,
+            subscriptions,
+        }) => (
+            token.map(Cow::into_owned),
+            session.map(Cow::into_owned),
+            subscriptions,
+        ),
+        Ok(_) => {
+            send_frame(
+                ws,
+                protocol::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "the first frame must be `connect`",
+                ),
+            )
+            .await;
+            send_close(ws, close::PROTOCOL, "the first frame must be connect").await;
+            return None;
+        }
+        Err(bad) => {
+            let message = if bad.was_connect {
+                bad.message
+            } else {
+                format!("the first frame must be `connect`: {}", bad.message)
+            };
+            send_frame(ws, protocol::error(bad.id, ErrorCode::BadRequest, &message)).await;
+            send_close(
+                ws,
+                close::PROTOCOL,
+                "the first frame must be a valid connect",
+            )
+            .await;
+            return None;
+        }
+    };
+    let auth = app.authenticator.clone();
+    let identity =
+        match tokio::time::timeout_at(deadline, auth.authenticate(token.as_deref())).await {
+            Ok(Ok(identity)) => identity,
+            Ok(Err(e)) => {
+                let code = if e.code == ErrorCode::Unauthorized || e.code == ErrorCode::Forbidden {
+                    ErrorCode::Unauthorized
+                } else {
+                    e.code
+                };
+                send_frame(ws, protocol::error(None, code, &e.message)).await;
+                send_close(ws, close::UNAUTHORIZED, "unauthorized").await;
+                return None;
+            }
+            Err(_) => {
+                send_close(
+                    ws,
+                    close::HANDSHAKE_TIMEOUT,
+                    "authentication did not finish in time",
+                )
+                .await;
+                return None;
+            }
+        };
+    Some((
+        identity,
+        ConnectRequest {
+            session,
+            subscriptions,
+        },
+    ))
+}
+
+/// Resumes or creates the session, registers the connection and sends `welcome`.
+pub(super) async fn welcome(
+    hub: Arc<Hub>,
+    app: Arc<App>,
+    ws: &mut Socket,
+    identity: Identity,
+    connect: ConnectRequest,
+) -> Option<Conn> {
+    let mut restored = Vec::new();
+    let mut session_id = None;
+    if let Some(requested) = connect.session.as_deref() {
+        if let Some(subscriptions) = session::restore(&hub, requested, &identity.user).await {
+            restored = subscriptions;
+            session_id = Some(requested.to_owned());
+        }
+    }
+    let resumed = session_id.is_some();
+    let session: Arc<str> = session_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .into();
+    let expires_at_ms = identity
+        .expires_at
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    let handle = Arc::new(Mailbox::new(
+        hub.next_id(),
+        hub.new_client_id(),
+        identity.user.as_deref().map(Arc::from),
+        session.clone(),
+        expires_at_ms,
+        hub.clock_ms(),
+        hub.config.outbound_queue,
+    ));
+    // Join the user's topic before welcoming, so a tell sent right after the
+    // welcome is not missed. (Sessions need no topic: see Sockets::tell_session.)
+    let topics: Vec<Topic> = handle
+        .user
+        .iter()
+        .map(|user| Topic::User(user.clone()))
+        .collect();
+    for topic in &topics {
+        if let Err(e) = hub.join_topic(topic, &handle).await {
+            for t in &topics {
+                hub.leave_topic(t, handle.key);
+            }
+            tracing::warn!(error = %e, "cannot register connection with the scaler");
+            send_frame(
+                ws,
+                protocol::error(
+                    None,
+                    ErrorCode::Unavailable,
+                    "the cluster backend is unavailable",
+                ),
+            )
+            .await;
+            send_close(
+                ws,
+                close::RESTARTING,
+                "backend unavailable: reconnect later",
+            )
+            .await;
+            return None;
+        }
+    }
+    hub.register(&handle);
+    // The session is live (resumable by another tab) from now on, not only
+    // after this connection closes; the close rewrites it with positions.
+    {
+        let record = SessionRecord {
+            user: identity.user.clone(),
+            subscriptions: Vec::new(),
+        };
+        let hub = hub.clone();
+        let session = session.clone();
+        tokio::spawn(async move { session::save(&hub, &session, &record).await });
+    }
+    let frame = protocol::FrameWriter::new("welcome")
+        .str("session", &session)
+        .str("client", &handle.client)
+        .str("instance", &hub.id)
+        .opt_str("user", handle.user.as_deref())
+        .u64("ping_interval", hub.config.ping_interval.as_millis() as u64)
+        .bool("resumed", resumed)
+        .finish();
+    let publish_rate = hub.config.publish_rate;
+    let mut conn = Conn {
+        handle: handle.clone(),
+        identity,
+        subs: HashMap::new(),
+        pending: HashSet::new(),
+        server_asks: HashMap::new(),
+        next_server_ask: 1,
+        next_generation: 1,
+        bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
+        bad: VecDeque::new(),
+        last_publish: None,
+        hub,
+        app,
+    };
+    if !send_frame(ws, frame).await {
+        conn.cleanup();
+        return None;
+    }
+    if let Some(hook) = conn.app.on_connect.clone() {
+        tokio::spawn(hook(conn.context()));
+    }
+    // Restored subscriptions first, then the client's own list, which wins for
+    // channels in both (it knows what it last saw).
+    let mut wanted: Vec<SubscriptionRequest> = Vec::new();
+    for request in restored.into_iter().chain(connect.subscriptions) {
+        if let Some(existing) = wanted.iter_mut().find(|r| r.channel == request.channel) {
+            *existing = request;
+        } else {
+            wanted.push(request);
+        }
+    }
+    let mut out = Vec::new();
+    for request in wanted {
+        conn.server_subscribe(request, &mut out);
+    }
+    for frame in out {
+        if !send_frame(ws, frame).await {
+            conn.cleanup();
+            return None;
+        }
+    }
+    Some(conn)
+}

@@ -1,0 +1,239 @@
+//! The socket side of a connection: WebSocket settings, the main loop that
+//! reads frames and writes batches, and the closing handshake.
+//!
+//! Why so little per connection: an idle socket should cost a few KiB, so the
+//! task holds small buffers, empty maps, and no timer of its own (one hub-wide
+//! timer pings everybody).
+
+use super::Conn;
+use crate::{
+    mailbox::Outbound,
+    metrics::Metrics,
+    protocol::{self, close},
+};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use std::{
+    borrow::Cow, collections::HashSet, pin::Pin, sync::atomic::Ordering, task::Poll, time::Duration,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Error as WsError, Message, Utf8Bytes,
+        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
+    },
+};
+
+/// The socket type after a hyper upgrade.
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// WebSocket settings for server sockets: small buffers for idle sockets (the
+/// library defaults hold 128 KiB per socket), frames capped at the limit.
+pub(crate) fn websocket_config(config: &crate::Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4).max(1 << 20))
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+/// Why the main loop ended.
+pub(super) enum Exit {
+    /// The client closed or the socket failed: nothing to send.
+    Gone,
+    /// Close with this code after a `disconnect` push.
+    Close(u16, Cow<'static, str>, bool),
+}
+
+pub(super) async fn send_close(ws: &mut Socket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.chars().take(100).collect::<String>().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    // Give the client a moment to answer the close, then drop the socket.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+pub(super) async fn send_frame(ws: &mut Socket, frame: Utf8Bytes) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Text(frame)))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+async fn write_all(ws: &mut Socket, out: &mut Vec<Utf8Bytes>) -> Result<(), WsError> {
+    for frame in out.drain(..) {
+        ws.feed(Message::Text(frame)).await?;
+    }
+    ws.flush().await
+}
+
+/// What woke the main loop.
+enum Wake {
+    Killed,
+    Queued(Outbound),
+    Incoming(Option<Result<Message, WsError>>),
+}
+
+/// How writing a batch ended.
+enum Written {
+    Done,
+    Failed,
+    Killed,
+}
+
+/// The connection's main loop.
+///
+/// Written with `poll_fn` rather than `select!`: the loop's state is what stays
+/// allocated for every idle connection, and `poll_fn` keeps only a few
+/// pointers in it where `select!` keeps every branch's future.
+pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
+    let handle = conn.handle.clone();
+    let mut out: Vec<Utf8Bytes> = Vec::new();
+    let exit = loop {
+        // Kill first, then queued items (our own replies and pushes), then input.
+        let wake = std::future::poll_fn(|cx| {
+            if handle.poll_killed(cx) {
+                return Poll::Ready(Wake::Killed);
+            }
+            if let Poll::Ready(item) = handle.poll_pop(cx) {
+                return Poll::Ready(Wake::Queued(item));
+            }
+            if let Poll::Ready(msg) = Pin::new(&mut *ws).poll_next(cx) {
+                return Poll::Ready(Wake::Incoming(msg));
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Killed => {
+                let (code, reason, reconnect) = handle.take_kill_reason();
+                break Exit::Close(code, reason, reconnect);
+            }
+            Wake::Queued(item) => {
+                conn.on_outbound(item, &mut out);
+                // Drain what else is ready, then write it with one flush.
+                for _ in 0..64 {
+                    match handle.try_pop() {
+                        Some(item) => conn.on_outbound(item, &mut out),
+                        None => break,
+                    }
+                }
+            }
+            Wake::Incoming(incoming) => {
+                handle
+                    .last_seen_ms
+                    .store(conn.hub.clock_ms(), Ordering::Relaxed);
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(exit) = conn.on_text(&text, &mut out) {
+                            let _ = Box::pin(write_all(ws, &mut out)).await;
+                            break exit;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        break Exit::Close(
+                            close::BINARY,
+                            "binary frames are not accepted".into(),
+                            false,
+                        );
+                    }
+                    Some(Ok(Message::Close(_))) | None => break Exit::Gone,
+                    Some(Ok(_)) => {}
+                    Some(Err(WsError::Capacity(_))) => {
+                        break Exit::Close(close::TOO_LARGE, "frame too large".into(), false);
+                    }
+                    Some(Err(_)) => break Exit::Gone,
+                }
+            }
+        }
+        if conn.pending.is_empty() {
+            // Idle sockets keep no id table and no publish chain.
+            if conn.pending.capacity() > 0 {
+                conn.pending = HashSet::new();
+            }
+            conn.last_publish = None;
+        }
+        if !out.is_empty() {
+            // A write may wait on a slow socket; a kill must still get through.
+            let mut next = 0;
+            let written = std::future::poll_fn(|cx| {
+                if handle.poll_killed(cx) {
+                    return Poll::Ready(Written::Killed);
+                }
+                while next < out.len() {
+                    match Pin::new(&mut *ws).poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(Written::Failed),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    let frame = out[next].clone();
+                    next += 1;
+                    if Pin::new(&mut *ws).start_send(Message::Text(frame)).is_err() {
+                        return Poll::Ready(Written::Failed);
+                    }
+                }
+                match Pin::new(&mut *ws).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
+                    Poll::Ready(Err(_)) => Poll::Ready(Written::Failed),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            out.clear();
+            match written {
+                Written::Done => {}
+                Written::Failed => break Exit::Gone,
+                Written::Killed => {
+                    let (code, reason, reconnect) = handle.take_kill_reason();
+                    break Exit::Close(code, reason, reconnect);
+                }
+            }
+            // Idle sockets keep no batch buffer.
+            out = Vec::new();
+        }
+    };
+    conn.cleanup();
+    if let Exit::Close(code, reason, reconnect) = exit {
+        if code == close::POLICY {
+            Metrics::inc(&conn.hub.metrics.slow_consumer_closes_total);
+        }
+        // Boxed: the closing handshake's futures would otherwise be part of
+        // every idle connection's state.
+        Box::pin(async move {
+            out.clear();
+            out.push(protocol::disconnect(code, &reason, reconnect));
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_all(ws, &mut out)).await;
+            send_close(ws, code, &reason).await;
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle sockets must not hold the WebSocket library's default buffers
+    /// (128 KiB each way): that is the difference between a few KiB and over
+    /// 100 KiB per idle connection.
+    #[test]
+    fn idle_sockets_get_small_buffers() {
+        let config = websocket_config(&crate::Config::default());
+        assert!(
+            config.read_buffer_size <= 4096,
+            "read buffer {}",
+            config.read_buffer_size
+        );
+        assert_eq!(
+            config.write_buffer_size, 0,
+            "frames are written, not buffered"
+        );
+        assert_eq!(config.max_message_size, Some(65_536));
+        assert_eq!(config.max_frame_size, Some(65_536));
+    }
+}

@@ -1,0 +1,256 @@
+//! One client connection: from its HTTP upgrade to its close.
+//!
+//! Each connection is ONE task that owns its socket and reads from ONE bounded
+//! queue, its [`Mailbox`]. Everything else that wants to reach the client
+//! (publications fanned out by the hub, tells, results of commands that ran in
+//! their own task) pushes to that queue without waiting.
+//!
+//! - [`handshake`]: `connect`, authentication, session resume, `welcome`.
+//! - [`commands`]: one function per client frame.
+//! - [`subscriptions`]: positions, ordered delivery, buffering and gap repair.
+//! - [`session`]: the session record saved for resumption.
+//! - [`io`]: WebSocket settings, the read/write loop, closing.
+
+mod commands;
+mod handshake;
+mod io;
+mod session;
+mod subscriptions;
+
+pub(crate) use io::websocket_config;
+
+use crate::{
+    app::{App, Context},
+    auth::Identity,
+    data::Data,
+    error::CommandError,
+    hub::Hub,
+    mailbox::{ConnEvent, Mailbox, Outbound},
+    protocol::{self, SubscriptionRequest},
+    rate_limit::TokenBucket,
+    shutdown::DrainGuard,
+    sockets::Sockets,
+};
+use hyper_util::rt::TokioIo;
+use io::Socket;
+use scaled_sockets_scaler::Topic;
+use session::SessionRecord;
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+use subscriptions::ChannelSub;
+use tokio::sync::oneshot;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Utf8Bytes, protocol::Role},
+};
+
+/// What every connection of an instance shares: the hub and the app.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) app: Arc<App>,
+}
+
+/// The connection task's private state.
+struct Conn {
+    hub: Arc<Hub>,
+    app: Arc<App>,
+    handle: Arc<Mailbox>,
+    identity: Identity,
+    subs: HashMap<Arc<str>, ChannelSub>,
+    pending: HashSet<u64>,
+    server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
+    next_server_ask: u64,
+    next_generation: u64,
+    bucket: TokenBucket,
+    /// Completion of this connection's latest publish: the next one waits for
+    /// it, which keeps each connection's publications in its send order.
+    last_publish: Option<oneshot::Receiver<()>>,
+    /// When the recent bad frames came (a sliding 10 s window; empty, and so
+    /// unallocated, for well-behaved clients).
+    bad: VecDeque<Instant>,
+}
+
+/// Serves one connection from its HTTP upgrade to its end.
+///
+/// Everything before the main loop (waiting for the upgrade, the handshake,
+/// authentication, the welcome) runs in one boxed future that is freed when it
+/// is done: an unboxed state machine would keep its size for the whole life of
+/// the connection, and an idle socket should cost as little as possible.
+pub(crate) async fn serve_upgrade(
+    endpoint: Endpoint,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    guard: DrainGuard,
+) {
+    let Some((conn, ws)) = Box::pin(set_up(endpoint, on_upgrade)).await else {
+        return;
+    };
+    let (mut conn, mut ws) = (conn, ws);
+    // By reference: rustc keeps an async fn's arguments in its state twice
+    // (as passed, and as moved into locals), which would double the biggest
+    // part of every idle connection.
+    io::run(&mut conn, &mut ws).await;
+    drop(guard);
+}
+
+async fn set_up(
+    endpoint: Endpoint,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(Conn, Socket)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let Endpoint { hub, app } = endpoint;
+    let config = websocket_config(&hub.config);
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (identity, connect) = handshake::handshake(&hub, &app, &mut ws).await?;
+    let conn = handshake::welcome(hub, app, &mut ws, identity, connect).await?;
+    Some((conn, ws))
+}
+
+impl Conn {
+    fn context(&self) -> Context {
+        Context {
+            client: self.handle.client.clone(),
+            user: self.handle.user.clone(),
+            session: self.handle.session.clone(),
+            sockets: Sockets::new(self.hub.clone()),
+            state: self.app.state.clone(),
+        }
+    }
+
+    /// Handles one queued item.
+    pub(super) fn on_outbound(&mut self, item: Outbound, out: &mut Vec<Utf8Bytes>) {
+        match item {
+            Outbound::Publication(p) => self.on_publication(p, out),
+            Outbound::Frame(frame) => out.push(*frame),
+            Outbound::Shared(frame) => out.push((*frame).clone()),
+            Outbound::Ping => out.push(protocol::ping()),
+            Outbound::Event(event) => self.on_event(*event, out),
+        }
+    }
+
+    fn on_event(&mut self, event: ConnEvent, out: &mut Vec<Utf8Bytes>) {
+        match event {
+            ConnEvent::Done { id, frame } => {
+                self.pending.remove(&id);
+                out.push(frame);
+            }
+            ConnEvent::Subscribed {
+                id,
+                channel,
+                generation,
+                recovering,
+                result,
+            } => self.on_subscribed(id, channel, generation, recovering, result, out),
+            ConnEvent::Repaired {
+                channel,
+                generation,
+                result,
+            } => self.on_repaired(channel, generation, result, out),
+            ConnEvent::GapCheck { channel, top } => {
+                let Some(sub) = self.subs.get_mut(&channel) else {
+                    return;
+                };
+                if sub.buffer.is_some() {
+                    sub.recheck = true;
+                    return;
+                }
+                let behind = sub
+                    .position
+                    .as_ref()
+                    .is_some_and(|pos| top.epoch != pos.epoch || top.offset > pos.offset);
+                if behind {
+                    self.start_repair(channel, None);
+                }
+            }
+            ConnEvent::ServerAsk { event, data, reply } => {
+                let id = self.next_server_ask;
+                self.next_server_ask += 1;
+                self.server_asks.retain(|_, tx| !tx.is_closed());
+                self.server_asks.insert(id, reply);
+                out.push(
+                    protocol::FrameWriter::new("ask")
+                        .u64("id", id)
+                        .str("event", &event)
+                        .raw("data", data.get())
+                        .finish(),
+                );
+            }
+            ConnEvent::ServerSubscribe { channel } => {
+                self.server_subscribe(
+                    SubscriptionRequest {
+                        channel,
+                        offset: None,
+                        epoch: None,
+                    },
+                    out,
+                );
+            }
+            ConnEvent::ServerUnsubscribe { channel } => {
+                if self.subs.contains_key(channel.as_str()) {
+                    self.end_subscription(&channel);
+                    out.push(protocol::unsubscribed(
+                        &channel,
+                        "unsubscribed by the server",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Unregisters everywhere and saves the session for resumption.
+    pub(super) fn cleanup(&mut self) {
+        self.handle.close_queue();
+        self.hub.unregister(&self.handle);
+        for channel in self.subs.keys() {
+            self.leave_channel(channel);
+        }
+        self.hub.leave_topic(
+            &Topic::Session(self.handle.session.clone()),
+            self.handle.key,
+        );
+        if let Some(user) = &self.handle.user {
+            self.hub
+                .leave_topic(&Topic::User(user.clone()), self.handle.key);
+        }
+        for (_, tx) in self.server_asks.drain() {
+            let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
+        }
+        let record = SessionRecord {
+            user: self.identity.user.clone(),
+            subscriptions: self
+                .subs
+                .iter()
+                .filter_map(|(channel, sub)| {
+                    sub.position.as_ref().map(|pos| SubscriptionRequest {
+                        channel: channel.to_string(),
+                        offset: Some(pos.offset),
+                        epoch: Some(pos.epoch.to_string()),
+                    })
+                })
+                .collect(),
+        };
+        let hub = self.hub.clone();
+        let session = self.handle.session.clone();
+        let hook = self
+            .app
+            .on_disconnect
+            .clone()
+            .map(|hook| hook(self.context()));
+        tokio::spawn(async move {
+            session::save(&hub, &session, &record).await;
+            if let Some(hook) = hook {
+                hook.await;
+            }
+        });
+    }
+}

@@ -1,0 +1,134 @@
+//! Local interest in topics: which connections of this instance want which
+//! topic, the one backend subscription per topic, and fan-out.
+//!
+//! Interest is counted per topic: the feed subscribes to a topic when the first
+//! local connection wants it and unsubscribes after the last leaves, so an
+//! instance holds one backend subscription per channel and receives only the
+//! traffic of channels it has subscribers for.
+//!
+//! Fan-out is the hot path: a frame encoded once is queued (one `Arc`) to every
+//! local member with a non-blocking push. A member whose queue is full is a
+//! slow consumer and is closed with 4008: one slow client never stalls the
+//! others, and memory stays bounded.
+
+use super::{Hub, bounded, lock};
+use crate::{
+    mailbox::{Mailbox, Outbound},
+    metrics::Metrics,
+};
+use scaled_sockets_scaler::{ScalerError, Topic};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+};
+use tokio::sync::OnceCell;
+
+/// Local members of one topic, and whether the feed is subscribed to it.
+pub(crate) struct TopicEntry {
+    pub(super) members: HashMap<u64, Arc<Mailbox>>,
+    /// Initialised once the feed confirmed the subscription. Concurrent joiners
+    /// all wait on the same cell, so the backend sees one subscribe per topic.
+    pub(super) subscribed: Arc<OnceCell<()>>,
+}
+
+impl Hub {
+    /// Adds `conn` to the local members of `topic`, subscribing the feed if it is
+    /// the first. Resolves once the feed is subscribed: from then on every
+    /// publication on the topic reaches `conn`.
+    pub(crate) async fn join_topic(
+        self: &Arc<Self>,
+        topic: &Topic,
+        conn: &Arc<Mailbox>,
+    ) -> Result<(), ScalerError> {
+        let cell = {
+            let mut topics = lock(&self.topics);
+            let entry = topics.entry(topic.clone()).or_insert_with(|| TopicEntry {
+                members: HashMap::new(),
+                subscribed: Arc::new(OnceCell::new()),
+            });
+            entry.members.insert(conn.key, conn.clone());
+            entry.subscribed.clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                let _ops = self.feed_ops.lock().await;
+                bounded(
+                    self.config.scaler_timeout,
+                    self.feed.subscribe(std::slice::from_ref(topic)),
+                )
+                .await?;
+                self.metrics.backend_topics.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), ScalerError>(())
+            })
+            .await;
+        if let Err(e) = result {
+            self.leave_topic(topic, conn.key);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes a member; the feed unsubscribes once nobody local wants the topic.
+    pub(crate) fn leave_topic(self: &Arc<Self>, topic: &Topic, key: u64) {
+        let now_empty = {
+            let mut topics = lock(&self.topics);
+            match topics.get_mut(topic) {
+                Some(entry) => entry.members.remove(&key).is_some() && entry.members.is_empty(),
+                None => false,
+            }
+        };
+        if !now_empty {
+            return;
+        }
+        let hub = self.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let _ops = hub.feed_ops.lock().await;
+            // Re-check under the ops lock: somebody may have joined meanwhile.
+            let was_subscribed = {
+                let mut topics = lock(&hub.topics);
+                match topics.get(&topic) {
+                    Some(entry) if entry.members.is_empty() => {
+                        let subscribed = entry.subscribed.initialized();
+                        topics.remove(&topic);
+                        subscribed
+                    }
+                    _ => return,
+                }
+            };
+            if was_subscribed {
+                hub.metrics.backend_topics.fetch_sub(1, Ordering::Relaxed);
+                let unsub = hub.feed.unsubscribe(std::slice::from_ref(&topic));
+                if let Err(e) = bounded(hub.config.scaler_timeout, unsub).await {
+                    // The feed forgets it on reconnect at the latest; a stale
+                    // subscription costs traffic, not correctness.
+                    tracing::warn!(?topic, error = %e, "feed unsubscribe failed");
+                }
+            }
+        });
+    }
+
+    /// Queues to every local member of `topic`.
+    pub(crate) fn fan_out(&self, topic: &Topic, make: impl Fn() -> Outbound) {
+        let topics = lock(&self.topics);
+        let Some(entry) = topics.get(topic) else {
+            return;
+        };
+        for conn in entry.members.values() {
+            if conn.push(make()) {
+                Metrics::inc(&self.metrics.frames_queued_total);
+            }
+        }
+    }
+
+    pub(super) fn channel_topics(&self) -> Vec<Arc<str>> {
+        lock(&self.topics)
+            .iter()
+            .filter(|(_, e)| !e.members.is_empty())
+            .filter_map(|(t, _)| match t {
+                Topic::Channel(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,299 @@
+//! Messages between instances: tells and asks routed to a connection on
+//! another instance, ask replies, server-side subscribe and unsubscribe,
+//! disconnects, and session-wide tells.
+//!
+//! Each instance listens on its own inbox topic in the scaler feed. A
+//! connection id names its instance (`<instance>.<unique>`), so a message for a
+//! connection goes straight to that instance's inbox; asks are correlated by a
+//! request number in [`RemoteAsks`] and answered to the asker's inbox.
+
+use super::{Hub, bounded, instance_of, lock};
+use crate::{
+    data::Data,
+    error::{CommandError, ErrorCode},
+    mailbox::{ConnEvent, Mailbox, Outbound},
+};
+use bytes::Bytes;
+use scaled_sockets_scaler::Topic;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A message between instances, sent to an instance's inbox topic.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")] // externally tagged: RawValue cannot pass through an internally tagged enum
+pub(crate) enum PeerMessage {
+    Tell {
+        client: String,
+        frame: String,
+    },
+    TellSession {
+        session: String,
+        frame: String,
+    },
+    Ask {
+        client: String,
+        event: String,
+        data: Box<RawValue>,
+        request: u64,
+        reply_to: String,
+    },
+    AskReply {
+        request: u64,
+        #[serde(default)]
+        data: Option<Box<RawValue>>,
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    Subscribe {
+        client: String,
+        channel: String,
+    },
+    Unsubscribe {
+        client: String,
+        channel: String,
+    },
+    Disconnect {
+        client: String,
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+}
+
+/// Asks this instance sent to connections on other instances, waiting for
+/// their reply, by request number.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteAsks(Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>);
+
+impl Hub {
+    pub(crate) async fn send_to_peer(
+        &self,
+        instance: &str,
+        message: &PeerMessage,
+    ) -> Result<(), CommandError> {
+        let payload = serde_json::to_vec(message)
+            .map_err(|e| CommandError::internal(format!("encode: {e}")))?;
+        bounded(
+            self.config.scaler_timeout,
+            self.scaler.send(&Topic::instance(instance), payload.into()),
+        )
+        .await
+        .map_err(Into::into)
+    }
+
+    pub(crate) async fn route(
+        &self,
+        client: &str,
+        message: PeerMessage,
+    ) -> Result<(), CommandError> {
+        let Some(instance) = instance_of(client) else {
+            return Err(CommandError::not_found(format!("no client `{client}`")));
+        };
+        if instance == &*self.id {
+            // Checked before handling: a disconnect may end the connection
+            // (and unregister it) before we could look afterwards.
+            if self.local(client).is_none() {
+                return Err(CommandError::not_found(format!("no client `{client}`")));
+            }
+            self.handle_peer_message(message).await;
+            return Ok(());
+        }
+        if !self
+            .live_instance_ids(Some(instance))
+            .await?
+            .contains(instance)
+        {
+            return Err(CommandError::not_found(format!(
+                "client `{client}`: its instance is gone"
+            )));
+        }
+        self.send_to_peer(instance, &message).await
+    }
+
+    pub(crate) async fn handle_peer_message(&self, message: PeerMessage) {
+        match message {
+            PeerMessage::Tell { client, frame } => {
+                if let (Some(conn), Ok(frame)) =
+                    (self.local(&client), Bytes::from(frame).try_into())
+                {
+                    conn.push(Outbound::Frame(Box::new(frame)));
+                }
+            }
+            PeerMessage::TellSession { session, frame } => {
+                let Ok(frame) = Utf8Bytes::try_from(Bytes::from(frame)) else {
+                    return;
+                };
+                let frame = Arc::new(frame);
+                // A scan, not an index: session tells are rare, and an index
+                // would cost memory on every idle connection.
+                let conns: Vec<Arc<Mailbox>> = lock(&self.conns)
+                    .values()
+                    .filter(|c| *c.session == *session)
+                    .cloned()
+                    .collect();
+                for conn in conns {
+                    conn.push(Outbound::Shared(frame.clone()));
+                }
+            }
+            PeerMessage::Ask {
+                client,
+                event,
+                data,
+                request,
+                reply_to,
+            } => {
+                let result = match self.local(&client) {
+                    Some(conn) => {
+                        conn.ask(&event, Data::from_raw(data), self.config.ask_timeout)
+                            .await
+                    }
+                    None => Err(CommandError::not_found(format!("no client `{client}`"))),
+                };
+                let reply = match result {
+                    Ok(data) => PeerMessage::AskReply {
+                        request,
+                        data: Some(data.get().to_owned())
+                            .and_then(|s| RawValue::from_string(s).ok()),
+                        code: None,
+                        message: None,
+                    },
+                    Err(e) => PeerMessage::AskReply {
+                        request,
+                        data: None,
+                        code: Some(e.code.as_str().to_owned()),
+                        message: Some(e.message),
+                    },
+                };
+                if reply_to == *self.id {
+                    self.complete_remote_ask(reply);
+                } else if let Err(e) = self.send_to_peer(&reply_to, &reply).await {
+                    tracing::warn!(error = %e, "could not return an ask reply");
+                }
+            }
+            reply @ PeerMessage::AskReply { .. } => self.complete_remote_ask(reply),
+            PeerMessage::Subscribe { client, channel } => {
+                if let Some(conn) = self.local(&client) {
+                    conn.push(Outbound::Event(Box::new(ConnEvent::ServerSubscribe {
+                        channel,
+                    })));
+                }
+            }
+            PeerMessage::Unsubscribe { client, channel } => {
+                if let Some(conn) = self.local(&client) {
+                    conn.push(Outbound::Event(Box::new(ConnEvent::ServerUnsubscribe {
+                        channel,
+                    })));
+                }
+            }
+            PeerMessage::Disconnect {
+                client,
+                code,
+                reason,
+                reconnect,
+            } => {
+                if let Some(conn) = self.local(&client) {
+                    conn.kill_owned(code, reason, reconnect);
+                }
+            }
+        }
+    }
+
+    fn complete_remote_ask(&self, reply: PeerMessage) {
+        let PeerMessage::AskReply {
+            request,
+            data,
+            code,
+            message,
+        } = reply
+        else {
+            return;
+        };
+        let Some(tx) = lock(&self.remote_asks.0).remove(&request) else {
+            return;
+        };
+        let result = match (data, code) {
+            (Some(data), None) => Ok(Data::from_raw(data)),
+            (_, code) => Err(CommandError::new(
+                code.as_deref()
+                    .and_then(ErrorCode::parse)
+                    .unwrap_or(ErrorCode::Internal),
+                message.unwrap_or_default(),
+            )),
+        };
+        let _ = tx.send(result);
+    }
+
+    /// Asks a connection on any instance and waits at most `timeout` for its
+    /// answer.
+    pub(crate) async fn ask_client(
+        &self,
+        client: &str,
+        event: &str,
+        data: &Data,
+        timeout: Duration,
+    ) -> Result<Data, CommandError> {
+        if let Some(conn) = self.local(client) {
+            return conn.ask(event, data.clone(), timeout).await;
+        }
+        let raw = RawValue::from_string(data.get().to_owned())
+            .map_err(|e| CommandError::bad_request(e.to_string()))?;
+        let request = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.remote_asks.0).insert(request, tx);
+        let message = PeerMessage::Ask {
+            client: client.to_owned(),
+            event: event.to_owned(),
+            data: raw,
+            request,
+            reply_to: self.id.to_string(),
+        };
+        let result = match self.route(client, message).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(CommandError::internal("ask dropped")),
+                Err(_) => Err(CommandError::new(
+                    ErrorCode::Timeout,
+                    "the client did not answer in time",
+                )),
+            },
+            Err(e) => Err(e),
+        };
+        // Whatever happened (sent or not, answered or timed out), the entry goes.
+        lock(&self.remote_asks.0).remove(&request);
+        result
+    }
+
+    /// Sends an encoded `tell` frame to every connection of a session.
+    ///
+    /// Sessions have no backend subscription of their own (that would cost
+    /// every connection a topic): the frame goes to each live instance's inbox,
+    /// and each instance delivers it to its connections of that session.
+    pub(crate) async fn tell_session(
+        &self,
+        session: &str,
+        frame: String,
+    ) -> Result<(), CommandError> {
+        let instances = self.live_instance_ids(None).await?;
+        for instance in instances.iter() {
+            let message = PeerMessage::TellSession {
+                session: session.to_owned(),
+                frame: frame.clone(),
+            };
+            if **instance == *self.id {
+                self.handle_peer_message(message).await;
+            } else {
+                self.send_to_peer(instance, &message).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! A connection's mailbox: the shared half of a connection that the hub, app
+//! code and peers hold, and the bounded queue through which everything reaches
+//! the connection's task.
+//!
+//! Everything that wants to reach a socket goes through its queue with a
+//! non-blocking push: publications (a shared, pre-encoded frame), tells,
+//! results of commands that ran in their own task, gap checks. A full queue
+//! means the client does not keep up; it is closed with 4008 rather than
+//! allowed to stall the dispatcher or grow memory without bound.
+//!
+//! This is a leaf module: it knows frames, data and errors, not the hub or the
+//! connection task, so both can depend on it without a cycle.
+
+use crate::{
+    data::Data,
+    error::{CommandError, ErrorCode},
+    protocol::close,
+};
+use futures_util::task::AtomicWaker;
+use scaled_sockets_scaler::{HistoryPage, StreamPosition};
+use std::{
+    borrow::Cow,
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::Duration,
+};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A publication as received from the feed, encoded once for every local
+/// subscriber.
+#[derive(Debug)]
+pub(crate) struct SharedPublication {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub frame: Utf8Bytes,
+}
+
+/// What can be queued to a connection. Every variant is one pointer wide, so the
+/// queue's blocks stay small.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Publication(Arc<SharedPublication>),
+    Frame(Box<Utf8Bytes>),
+    Shared(Arc<Utf8Bytes>),
+    Ping,
+    Event(Box<ConnEvent>),
+}
+
+/// Results and requests addressed to the connection task itself.
+#[derive(Debug)]
+pub(crate) enum ConnEvent {
+    /// A command that ran in its own task finished; `frame` answers it.
+    Done { id: u64, frame: Utf8Bytes },
+    /// A subscription is in place (or failed).
+    Subscribed {
+        id: Option<u64>,
+        channel: Arc<str>,
+        generation: u64,
+        recovering: bool,
+        result: Result<HistoryPage, CommandError>,
+    },
+    /// Missing publications were read from history (or could not be).
+    Repaired {
+        channel: Arc<str>,
+        generation: u64,
+        result: Result<HistoryPage, CommandError>,
+    },
+    /// The feed may have missed publications: compare with the stream's top.
+    GapCheck {
+        channel: Arc<str>,
+        top: StreamPosition,
+    },
+    /// App code asks this client something.
+    ServerAsk {
+        event: String,
+        data: Data,
+        reply: oneshot::Sender<Result<Data, CommandError>>,
+    },
+    /// App code subscribes this client.
+    ServerSubscribe { channel: String },
+    /// App code unsubscribes this client.
+    ServerUnsubscribe { channel: String },
+}
+
+/// The outbound queue's contents.
+#[derive(Debug, Default)]
+struct OutQueue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// The shared half of a connection: what the hub, app code and peers hold.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    pub key: u64,
+    pub client: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub session: Arc<str>,
+    /// Wall-clock ms when the credentials expire (0 = never).
+    pub expires_at_ms: u64,
+    /// Node clock ms of the last frame from the client.
+    pub last_seen_ms: AtomicU64,
+    /// The bounded outbound queue. A plain locked deque rather than a channel:
+    /// an idle connection's empty deque allocates nothing, where a channel
+    /// allocates its first block up front (about 1 KiB per connection). The
+    /// lock is held only to push or pop one item.
+    queue: Mutex<OutQueue>,
+    queue_limit: usize,
+    /// Set once the connection must close. `waker` wakes the connection task
+    /// for a kill or a queued item. (A flag and a waker cost less per
+    /// connection than a `Notify` and its future.)
+    killed: AtomicBool,
+    waker: AtomicWaker,
+    kill_reason: Mutex<Option<(u16, Cow<'static, str>, bool)>>,
+}
+
+impl Mailbox {
+    /// A mailbox for a new connection, with an empty queue of at most
+    /// `queue_limit` items.
+    pub(crate) fn new(
+        key: u64,
+        client: Arc<str>,
+        user: Option<Arc<str>>,
+        session: Arc<str>,
+        expires_at_ms: u64,
+        now_ms: u64,
+        queue_limit: usize,
+    ) -> Self {
+        Self {
+            key,
+            client,
+            user,
+            session,
+            expires_at_ms,
+            last_seen_ms: AtomicU64::new(now_ms),
+            queue: Mutex::new(OutQueue::default()),
+            queue_limit,
+            killed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            kill_reason: Mutex::new(None),
+        }
+    }
+
+    /// Queues without waiting. A full queue marks a slow consumer, which is
+    /// closed with 4008. Returns false when the item was not queued.
+    pub(crate) fn push(&self, item: Outbound) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            return false;
+        }
+        if queue.items.len() >= self.queue_limit {
+            drop(queue);
+            self.kill(close::POLICY, "slow consumer: outbound queue full", true);
+            return false;
+        }
+        queue.items.push_back(item);
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+
+    /// The next queued item, or `Pending` with the task registered for a wake.
+    pub(crate) fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Outbound> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        match queue.items.pop_front() {
+            Some(item) => Poll::Ready(item),
+            None => {
+                // Registered while holding the lock: a push after this point
+                // wakes the registered waker, so no wake-up is lost.
+                self.waker.register(cx.waker());
+                if queue.items.capacity() > 64 {
+                    // A burst is over: give its memory back.
+                    queue.items = VecDeque::new();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The next queued item, if one is ready.
+    pub(crate) fn try_pop(&self) -> Option<Outbound> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .items
+            .pop_front()
+    }
+
+    /// Refuses further items and drops the queued ones.
+    pub(crate) fn close_queue(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.closed = true;
+        queue.items = VecDeque::new();
+    }
+
+    /// Asks the connection task to close with `code` (the first reason wins).
+    pub(crate) fn kill(&self, code: u16, reason: &'static str, reconnect: bool) {
+        self.kill_with(code, Cow::Borrowed(reason), reconnect);
+    }
+
+    pub(crate) fn kill_owned(&self, code: u16, reason: String, reconnect: bool) {
+        self.kill_with(code, Cow::Owned(reason), reconnect);
+    }
+
+    fn kill_with(&self, code: u16, reason: Cow<'static, str>, reconnect: bool) {
+        let mut slot = self.kill_reason.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason, reconnect));
+        }
+        drop(slot);
+        self.killed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once killed; registers the task to be woken otherwise.
+    pub(crate) fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.killed.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.killed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_kill_reason(&self) -> (u16, Cow<'static, str>, bool) {
+        self.kill_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or((close::NORMAL, Cow::Borrowed(""), false))
+    }
+
+    /// Sends a server `ask` to this client and waits for its answer.
+    pub(crate) async fn ask(
+        &self,
+        event: &str,
+        data: Data,
+        timeout: Duration,
+    ) -> Result<Data, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.push(Outbound::Event(Box::new(ConnEvent::ServerAsk {
+            event: event.to_owned(),
+            data,
+            reply,
+        })));
+        if !queued {
+            return Err(CommandError::not_found("the client is gone"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CommandError::not_found(
+                "the client disconnected before answering",
+            )),
+            Err(_) => Err(CommandError::new(
+                ErrorCode::Timeout,
+                "the client did not answer in time",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every item of the outbound queue is one pointer plus a tag.
+    #[test]
+    fn outbound_items_are_small() {
+        assert!(std::mem::size_of::<Outbound>() <= 16);
+    }
+
+    #[test]
+    fn a_full_queue_kills_the_connection_as_a_slow_consumer() {
+        let mailbox = Mailbox::new(1, "i.c".into(), None, "s".into(), 0, 0, 2);
+        assert!(mailbox.push(Outbound::Ping));
+        assert!(mailbox.push(Outbound::Ping));
+        assert!(
+            !mailbox.push(Outbound::Ping),
+            "third item exceeds the limit"
+        );
+        let (code, _, reconnect) = mailbox.take_kill_reason();
+        assert_eq!(code, close::POLICY);
+        assert!(reconnect);
+        mailbox.close_queue();
+        assert!(
+            !mailbox.push(Outbound::Ping),
+            "a closed queue takes nothing"
+        );
+    }
+}
