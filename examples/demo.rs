@@ -10,17 +10,27 @@
 //! - ask `spawn`: answers `not_found` until cores land.
 
 use scaled_sockets::{App, CommandError, Context, Data};
+use serde::Serialize;
 
+/// Raw `Data` in and out: the value comes back exactly as it was sent.
 async fn echo(_cx: Context, data: Data) -> Result<Data, CommandError> {
     Ok(data)
 }
 
-async fn whoami(cx: Context, _data: Data) -> Result<Data, CommandError> {
-    Data::json(&serde_json::json!({
-        "user": cx.user.as_deref(),
-        "client": &*cx.client,
-        "instance": cx.instance(),
-    }))
+#[derive(Serialize)]
+struct WhoAmI {
+    user: Option<String>,
+    client: String,
+    instance: String,
+}
+
+/// Any `Serialize` value is a reply.
+async fn whoami(cx: Context, _data: Data) -> Result<WhoAmI, CommandError> {
+    Ok(WhoAmI {
+        user: cx.user.as_deref().map(str::to_owned),
+        client: cx.client.to_string(),
+        instance: cx.instance().to_owned(),
+    })
 }
 
 async fn tell_echo(cx: Context, data: Data) {

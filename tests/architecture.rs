@@ -24,7 +24,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file belongs to (`src/hub/peers.rs` -> `hub`).
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_owned()
 }
 
@@ -171,9 +176,15 @@ fn top_level_modules_import_each_other_one_way() {
             }
         }
     }
-    assert!(graph.contains_key("connection"), "the parser found no imports: {graph:?}");
+    assert!(
+        graph.contains_key("connection"),
+        "the parser found no imports: {graph:?}"
+    );
     if let Some(cycle) = find_cycle(&graph) {
-        panic!("import cycle between modules of src/: {}\n{graph:#?}", cycle.join(" -> "));
+        panic!(
+            "import cycle between modules of src/: {}\n{graph:#?}",
+            cycle.join(" -> ")
+        );
     }
 }
 
@@ -189,7 +200,10 @@ fn no_source_file_does_too_many_jobs() {
     }
     let long: Vec<String> = files
         .iter()
-        .filter(|f| !f.components().any(|c| c.as_os_str() == "tests" || c.as_os_str() == "target"))
+        .filter(|f| {
+            !f.components()
+                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "target")
+        })
         .filter_map(|f| {
             let text = fs::read_to_string(f).ok()?;
             let before_tests = text.split("#[cfg(test)]").next().unwrap_or("");
@@ -197,5 +211,9 @@ fn no_source_file_does_too_many_jobs() {
             (lines > 600).then(|| format!("{}: {lines} lines", f.display()))
         })
         .collect();
-    assert!(long.is_empty(), "files over 600 lines before their tests:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "files over 600 lines before their tests:\n{}",
+        long.join("\n")
+    );
 }

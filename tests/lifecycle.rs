@@ -266,3 +266,69 @@ async fn http_health_metrics_and_api() {
         );
     }
 }
+
+/// A server dropped without draining must not stay in the registry as a ghost
+/// instance, nor keep its background tasks or connections alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_leaves_the_registry_and_closes_its_connections() {
+    let scaler: Arc<dyn scaled_sockets::Scaler> = Arc::new(MemoryScaler::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = scaled_sockets::Server::start(test_config("dropped"), scaler.clone(), demo_app())
+        .await
+        .unwrap();
+    let service = server.service();
+    // Serve with hyper directly, so dropping `server` is the only signal.
+    let accept = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    let (mut client, _) = Raw::connect(&format!("ws://{addr}/ws")).await;
+    let listed = scaler.instances().await.unwrap();
+    assert!(listed.iter().any(|i| i.id == "dropped"), "{listed:?}");
+
+    drop(server);
+
+    // Gone from the registry well before its entry would expire (5 heartbeats).
+    support::eventually(
+        Duration::from_millis(800),
+        "instance left the registry",
+        || {
+            let scaler = scaler.clone();
+            async move {
+                !scaler
+                    .instances()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.id == "dropped")
+            }
+        },
+    )
+    .await;
+    let disconnect = client.recv_type("disconnect").await;
+    assert_eq!(disconnect["code"], 1012);
+    assert_eq!(disconnect["reconnect"], true);
+    assert_eq!(client.closed().await, Ended::Closed(1012));
+    // And no heartbeat puts it back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !scaler
+            .instances()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.id == "dropped"),
+        "a heartbeat re-registered the dropped instance"
+    );
+    accept.abort();
+}
