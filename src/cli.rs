@@ -10,7 +10,7 @@ use scaled_sockets_scaler::{MemoryScaler, Scaler};
 use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-/// Flags of the standalone server (SERVER.md).
+/// Flags of the standalone server (docs/protocol.md, "The standalone server").
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "scaled-sockets",

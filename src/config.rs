@@ -4,7 +4,7 @@ use scaled_sockets_scaler::PublishOptions;
 use std::time::Duration;
 
 /// Everything tunable about one server instance. `Config::default()` holds the
-/// defaults documented in SERVER.md and docs/protocol.md.
+/// defaults documented in docs/protocol.md ("The standalone server").
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This instance's id in the cluster (a new UUID by default).

@@ -2,7 +2,7 @@
 
 use scaled_sockets_scaler::ScalerError;
 
-/// Error codes of PROTOCOL.md, sent in `error` frames.
+/// Error codes of the wire protocol (docs/protocol.md), sent in `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// Malformed or unknown frame, wrong field types.
@@ -123,7 +123,4 @@ pub enum Error {
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// A client-facing operation failed.
-    #[error(transparent)]
-    Command(#[from] CommandError),
 }

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Close codes of PROTOCOL.md.
+/// Close codes of the wire protocol (docs/protocol.md).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;

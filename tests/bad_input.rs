@@ -1,4 +1,4 @@
-//! Every bad input of PROTOCOL.md gets its documented error or close code, and
+//! Every bad input of the wire protocol (docs/protocol.md) gets its documented error or close code, and
 //! the server never panics: table-driven.
 
 mod support;

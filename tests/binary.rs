@@ -1,4 +1,4 @@
-//! The standalone `scaled-sockets` binary, started exactly as SERVER.md says.
+//! The standalone `scaled-sockets` binary, started exactly as docs/protocol.md ("The standalone server") says.
 
 mod support;
 

@@ -214,10 +214,6 @@ impl Conn {
         for channel in self.subs.keys() {
             self.leave_channel(channel);
         }
-        self.hub.leave_topic(
-            &Topic::Session(self.handle.session.clone()),
-            self.handle.key,
-        );
         if let Some(user) = &self.handle.user {
             self.hub
                 .leave_topic(&Topic::User(user.clone()), self.handle.key);
