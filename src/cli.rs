@@ -30,6 +30,12 @@ pub struct Args {
     /// HS256 secret for connection tokens
     #[arg(long, env = "SCALED_SOCKETS_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// Only accept tokens whose `aud` claim names this audience
+    #[arg(long, env = "SCALED_SOCKETS_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// Only accept tokens whose `iss` claim is this issuer
+    #[arg(long, env = "SCALED_SOCKETS_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
     /// Accept `connect` without a token (development only)
     #[arg(
         long,
@@ -87,6 +93,8 @@ struct FileConfig {
     scaler: Option<String>,
     instance_id: Option<String>,
     token_secret: Option<String>,
+    token_audience: Option<String>,
+    token_issuer: Option<String>,
     allow_anonymous: Option<bool>,
     api_key: Option<String>,
     max_frame_bytes: Option<usize>,
@@ -113,6 +121,10 @@ pub struct Settings {
     pub scaler_prefix: String,
     /// HS256 secret, if any.
     pub token_secret: Option<String>,
+    /// Required `aud` of tokens, if any.
+    pub token_audience: Option<String>,
+    /// Required `iss` of tokens, if any.
+    pub token_issuer: Option<String>,
     /// Whether token-less connects are accepted.
     pub allow_anonymous: bool,
     /// The server configuration.
@@ -193,6 +205,8 @@ impl Args {
                 .or(file.scaler_prefix)
                 .unwrap_or_else(|| "ss".into()),
             token_secret,
+            token_audience: self.token_audience.or(file.token_audience),
+            token_issuer: self.token_issuer.or(file.token_issuer),
             allow_anonymous,
             config,
         })
@@ -256,12 +270,20 @@ fn init_logging() {
 
 async fn run_inner(app: App, args: Args) -> Result<(), Error> {
     let settings = args.resolve()?;
-    let auth = match &settings.token_secret {
+    let mut auth = match &settings.token_secret {
         Some(secret) => {
             JwtAuthenticator::new(secret.as_bytes()).allow_anonymous(settings.allow_anonymous)
         }
-        None => JwtAuthenticator::new(&[]).allow_anonymous(true),
+        // No secret: tokens cannot be verified, so they are refused, never
+        // trusted; connects without one are anonymous.
+        None => JwtAuthenticator::anonymous_only(),
     };
+    if let Some(audience) = &settings.token_audience {
+        auth = auth.audience(audience);
+    }
+    if let Some(issuer) = &settings.token_issuer {
+        auth = auth.issuer(issuer);
+    }
     if settings.allow_anonymous {
         tracing::warn!(
             "anonymous connections are allowed to subscribe and publish anywhere: development only"

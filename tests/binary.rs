@@ -112,3 +112,25 @@ async fn allow_anonymous_from_the_environment() {
     let (_raw, welcome) = Raw::connect(&instance.url()).await;
     assert_eq!(welcome["user"], serde_json::Value::Null);
 }
+
+/// With `--allow-anonymous` and no secret, a token cannot be verified: a
+/// forged `sub` is refused (4001), never trusted; no token is anonymous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_a_forged_token_is_refused() {
+    let instance = BinaryInstance::start(&["--allow-anonymous"], &[]);
+    let exp = scaled_sockets::scaler::types::now_ms() / 1000 + 600;
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"alice","exp":exp}),
+        &jsonwebtoken::EncodingKey::from_secret(b""),
+    )
+    .unwrap();
+    let mut raw = Raw::open(&instance.url()).await;
+    raw.send(json!({"type":"connect","token":forged})).await;
+    let error = raw.recv().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "unauthorized");
+    assert_eq!(raw.closed().await, Ended::Closed(4001));
+    let (_, welcome) = Raw::connect(&instance.url()).await;
+    assert_eq!(welcome["user"], serde_json::Value::Null);
+}

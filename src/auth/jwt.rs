@@ -10,7 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    exp: u64,
+    // Any JSON number jsonwebtoken accepted; turned into a time without
+    // overflowing (a huge `exp` must not panic the connection's task).
+    exp: f64,
     #[serde(default)]
     channels: Option<Vec<String>>,
     #[serde(default)]
@@ -19,11 +21,16 @@ struct Claims {
 
 /// HS256 JWTs as docs/protocol.md describes; optionally lets token-less connects in
 /// as anonymous.
+///
+/// With an empty secret no token can be verified (anyone could sign one), so
+/// every token is refused: `unauthorized`, never trusted.
 #[derive(Clone)]
 pub struct JwtAuthenticator {
     key: DecodingKey,
     validation: Validation,
     allow_anonymous: bool,
+    /// False for an empty secret: tokens are then refused, not verified.
+    verifies: bool,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
@@ -44,11 +51,41 @@ impl JwtAuthenticator {
         validation.leeway = TOKEN_LEEWAY.as_secs();
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // `aud` is checked when an audience is configured, and otherwise
+        // allowed (tokens minted for several services carry one).
+        validation.validate_aud = false;
         Self {
             key: DecodingKey::from_secret(secret),
             validation,
             allow_anonymous: false,
+            verifies: !secret.is_empty(),
         }
+    }
+
+    /// A server without a token secret: connects without a token are
+    /// anonymous, and a token (which it cannot verify) is refused.
+    pub fn anonymous_only() -> Self {
+        Self::new(&[]).allow_anonymous(true)
+    }
+
+    /// Only accept tokens whose `aud` claim names `audience`.
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation
+            .required_spec_claims
+            .insert("aud".to_owned());
+        self
+    }
+
+    /// Only accept tokens whose `iss` claim is `issuer`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.validation
+            .required_spec_claims
+            .insert("iss".to_owned());
+        self
     }
 
     /// Also accept connects without a token, as anonymous users allowed
@@ -69,6 +106,11 @@ impl Authenticator for JwtAuthenticator {
                 Err(unauthorized("a token is required"))
             };
         };
+        if !self.verifies {
+            return Err(unauthorized(
+                "this server has no token secret and cannot verify tokens: connect without one",
+            ));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("token expired"),
@@ -79,6 +121,9 @@ impl Authenticator for JwtAuthenticator {
                 ErrorKind::MissingRequiredClaim(c) => {
                     unauthorized(format!("token lacks the `{c}` claim"))
                 }
+                ErrorKind::ImmatureSignature => unauthorized("token is not valid yet (`nbf`)"),
+                ErrorKind::InvalidAudience => unauthorized("token is for another audience (`aud`)"),
+                ErrorKind::InvalidIssuer => unauthorized("token is from another issuer (`iss`)"),
                 _ => unauthorized("token is malformed"),
             },
         )?;
@@ -87,12 +132,15 @@ impl Authenticator for JwtAuthenticator {
             return Err(unauthorized("token `sub` is empty"));
         }
         // Expiry checks during the connection use the same leeway as at connect.
-        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp) + TOKEN_LEEWAY;
+        let expires_at = Duration::try_from_secs_f64(claims.exp)
+            .ok()
+            .and_then(|exp| UNIX_EPOCH.checked_add(exp)?.checked_add(TOKEN_LEEWAY));
         Ok(Identity {
             user: Some(claims.sub),
             subscribe: Permission::Patterns(claims.channels.unwrap_or_default()),
             publish: Permission::Patterns(claims.publish.unwrap_or_default()),
-            expires_at: Some(expires_at),
+            // An `exp` too far away to represent never expires in practice.
+            expires_at,
         })
     }
 }
@@ -165,5 +213,71 @@ mod tests {
         let auth = JwtAuthenticator::new(b"k");
         let recent = token(json!({"sub":"a","exp":now()-10}), b"k");
         assert!(auth.authenticate(Some(&recent)).await.is_ok());
+    }
+
+    /// Without a secret, a token signed with the empty key is not trusted:
+    /// anyone could mint `sub: "alice"` and take her tells and sessions.
+    #[tokio::test]
+    async fn without_a_secret_tokens_are_refused_not_trusted() {
+        let auth = JwtAuthenticator::anonymous_only();
+        let forged = token(json!({"sub":"alice","exp":now()+60}), b"");
+        let err = auth.authenticate(Some(&forged)).await.unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::Unauthorized);
+        let anonymous = auth.authenticate(None).await.unwrap();
+        assert_eq!(anonymous.user, None);
+        // The same through `new` with an empty secret.
+        let err = JwtAuthenticator::new(b"")
+            .authenticate(Some(&forged))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::Unauthorized);
+    }
+
+    #[tokio::test]
+    async fn audience_issuer_and_not_before() {
+        let plain = JwtAuthenticator::new(b"k");
+        // `aud` is accepted when no audience is configured.
+        let with_aud = token(json!({"sub":"a","exp":now()+60,"aud":"chat"}), b"k");
+        assert!(plain.authenticate(Some(&with_aud)).await.is_ok());
+
+        let strict = JwtAuthenticator::new(b"k")
+            .audience("chat")
+            .issuer("auth.example");
+        let good = token(
+            json!({"sub":"a","exp":now()+60,"aud":"chat","iss":"auth.example"}),
+            b"k",
+        );
+        assert!(strict.authenticate(Some(&good)).await.is_ok());
+        for claims in [
+            json!({"sub":"a","exp":now()+60,"aud":"other","iss":"auth.example"}),
+            json!({"sub":"a","exp":now()+60,"iss":"auth.example"}),
+            json!({"sub":"a","exp":now()+60,"aud":"chat","iss":"evil"}),
+            json!({"sub":"a","exp":now()+60,"aud":"chat"}),
+        ] {
+            let t = token(claims.clone(), b"k");
+            let err = strict.authenticate(Some(&t)).await.unwrap_err();
+            assert_eq!(err.code, crate::ErrorCode::Unauthorized, "{claims}");
+        }
+
+        let later = token(json!({"sub":"a","exp":now()+600,"nbf":now()+300}), b"k");
+        let err = plain.authenticate(Some(&later)).await.unwrap_err();
+        assert!(err.message.contains("nbf"), "{}", err.message);
+    }
+
+    /// An `exp` beyond what a clock can hold neither panics nor expires.
+    #[tokio::test]
+    async fn a_huge_exp_does_not_panic() {
+        let auth = JwtAuthenticator::new(b"k");
+        for exp in [
+            json!(u64::MAX),
+            json!(i64::MAX),
+            json!(9_999_999_999_999u64),
+        ] {
+            let t = token(json!({"sub":"a","exp":exp}), b"k");
+            let result = auth.authenticate(Some(&t)).await;
+            if let Ok(identity) = result {
+                assert!(identity.expires_at.is_none_or(|t| t > SystemTime::now()));
+            }
+        }
     }
 }
