@@ -234,6 +234,7 @@ pub(super) async fn welcome(
         bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
         bad: VecDeque::new(),
         last_publish: None,
+        presence_chain: None,
         hub,
         app,
     };

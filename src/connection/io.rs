@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use std::{
     borrow::Cow, collections::HashSet, pin::Pin, sync::atomic::Ordering, task::Poll, time::Duration,
 };
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -157,6 +158,12 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
                 conn.pending = HashSet::new();
             }
             conn.last_publish = None;
+        }
+        // A finished presence write needs no successor to wait for it.
+        if let Some(chain) = &mut conn.presence_chain {
+            if !matches!(chain.try_recv(), Err(TryRecvError::Empty)) {
+                conn.presence_chain = None;
+            }
         }
         if !out.is_empty() {
             // A write may wait on a slow socket; a kill must still get through.

@@ -69,6 +69,9 @@ struct Conn {
     /// Completion of this connection's latest publish: the next one waits for
     /// it, which keeps each connection's publications in its send order.
     last_publish: Option<oneshot::Receiver<()>>,
+    /// Completion of this connection's latest presence write (see
+    /// `Conn::presence_turn`); `None` once it is done.
+    presence_chain: Option<oneshot::Receiver<()>>,
     /// When the recent bad frames came (a sliding 10 s window; empty, and so
     /// unallocated, for well-behaved clients).
     bad: VecDeque<Instant>,
@@ -211,7 +214,8 @@ impl Conn {
     pub(super) fn cleanup(&mut self) {
         self.handle.close_queue();
         self.hub.unregister(&self.handle);
-        for channel in self.subs.keys() {
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for channel in &channels {
             self.leave_channel(channel);
         }
         if let Some(user) = &self.handle.user {

@@ -12,13 +12,14 @@
 use super::Conn;
 use crate::{
     error::{CommandError, ErrorCode},
-    hub::bounded,
+    hub::{Hub, bounded},
     mailbox::{ConnEvent, Outbound, SharedPublication},
     metrics::Metrics,
     protocol::{self, SubscriptionRequest},
 };
 use scaled_sockets_scaler::{HistoryPage, HistoryRequest, PresenceEntry, StreamPosition, Topic};
 use std::sync::Arc;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 #[derive(Debug)]
@@ -104,9 +105,16 @@ impl Conn {
         };
         let hub = self.hub.clone();
         let handle = self.handle.clone();
+        let (previous, done) = self.presence_turn();
         tokio::spawn(async move {
             let recovering = since.is_some();
             let timeout = hub.config.scaler_timeout;
+            // This connection's presence writes happen in order: a remove of
+            // an earlier subscription to this channel must not land after
+            // this add (they may travel on different backend connections).
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             // One bound for the whole subscription (not per call), so a dead
             // backend is answered `unavailable` within the documented 5 s.
             let steps = async {
@@ -125,13 +133,22 @@ impl Conn {
                 bounded(timeout, hub.scaler.history(&channel, &request)).await
             };
             let result = bounded(timeout, steps).await.map_err(CommandError::from);
-            handle.push(Outbound::Event(Box::new(ConnEvent::Subscribed {
+            let delivered = handle.push(Outbound::Event(Box::new(ConnEvent::Subscribed {
                 id,
-                channel,
+                channel: channel.clone(),
                 generation,
                 recovering,
                 result,
             })));
+            if !delivered {
+                // The connection closed (its queue refuses items) while this
+                // task waited on the backend: its cleanup may have run before
+                // the join above, so undo it here. Nothing of a closed
+                // connection may remain in the hub or the backend.
+                hub.leave_topic(&Topic::Channel(channel.clone()), handle.key);
+                remove_presence(&hub, &channel, &handle.client).await;
+            }
+            let _ = done.send(());
         });
     }
 
@@ -141,22 +158,31 @@ impl Conn {
         }
     }
 
-    pub(super) fn leave_channel(&self, channel: &str) {
+    pub(super) fn leave_channel(&mut self, channel: &str) {
         self.hub
             .leave_topic(&Topic::channel(channel), self.handle.key);
         let hub = self.hub.clone();
         let channel = channel.to_owned();
         let client = self.handle.client.clone();
+        let (previous, done) = self.presence_turn();
         tokio::spawn(async move {
-            if let Err(e) = bounded(
-                hub.config.scaler_timeout,
-                hub.scaler.presence_remove(&channel, &client),
-            )
-            .await
-            {
-                tracing::debug!(error = %e, "presence remove failed; the entry expires with the instance");
+            // After this connection's earlier presence writes (see
+            // `presence_turn`), so the remove cannot overtake an add.
+            if let Some(previous) = previous {
+                let _ = previous.await;
             }
+            remove_presence(&hub, &channel, &client).await;
+            let _ = done.send(());
         });
+    }
+
+    /// Orders this connection's presence writes: returns the completion of
+    /// the previous one (to await first) and the signal of this one.
+    fn presence_turn(&mut self) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
+        let previous = self.presence_chain.take();
+        let (done, next) = oneshot::channel();
+        self.presence_chain = Some(next);
+        (previous, done)
     }
 
     pub(super) fn on_publication(&mut self, p: Arc<SharedPublication>, out: &mut Vec<Utf8Bytes>) {
@@ -331,7 +357,7 @@ impl Conn {
                     Some((offset, epoch)) => {
                         tracing::warn!(%channel, error = %e, "gap repair failed; telling the client recovered:false");
                         Metrics::inc(&self.hub.metrics.recovery_failures_total);
-                        let position = StreamPosition::new(offset - 1, epoch);
+                        let position = StreamPosition::new(offset.saturating_sub(1), epoch);
                         out.push(protocol::subscribed(
                             &channel,
                             position.offset,
@@ -414,4 +440,11 @@ fn deliver_live(
 fn encode_replayed(p: &scaled_sockets_scaler::Publication) -> Utf8Bytes {
     let data = std::str::from_utf8(&p.payload).unwrap_or("null");
     protocol::message(&p.channel, data, p.offset, &p.epoch)
+}
+
+async fn remove_presence(hub: &Hub, channel: &str, client: &str) {
+    let remove = hub.scaler.presence_remove(channel, client);
+    if let Err(e) = bounded(hub.config.scaler_timeout, remove).await {
+        tracing::debug!(error = %e, "presence remove failed; the entry expires with the instance");
+    }
 }

@@ -283,6 +283,9 @@ impl Hub {
         frame: String,
     ) -> Result<(), CommandError> {
         let instances = self.live_instance_ids(None).await?;
+        // Every instance gets its copy even when one cannot be reached: one
+        // failing peer must not cut the delivery short for the others.
+        let mut failed = None;
         for instance in instances.iter() {
             let message = PeerMessage::TellSession {
                 session: session.to_owned(),
@@ -290,10 +293,11 @@ impl Hub {
             };
             if **instance == *self.id {
                 self.handle_peer_message(message).await;
-            } else {
-                self.send_to_peer(instance, &message).await?;
+            } else if let Err(e) = self.send_to_peer(instance, &message).await {
+                tracing::warn!(%instance, error = %e, "session tell not delivered to an instance");
+                failed.get_or_insert(e);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
