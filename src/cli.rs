@@ -77,6 +77,21 @@ pub struct Args {
     /// Frames queued per connection before it is closed as a slow consumer (4008) [default: 1024]
     #[arg(long, env = "SCALED_SOCKETS_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Largest `data` in a publication, tell, ask or reply the server sends; larger: limit_exceeded (HTTP 413) [default: 65536]
+    #[arg(long, env = "SCALED_SOCKETS_MAX_DATA_BYTES")]
+    pub max_data_bytes: Option<usize>,
+    /// Commands with an id awaiting their answer per connection; more: limit_exceeded [default: 64]
+    #[arg(long, env = "SCALED_SOCKETS_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// subscribe, unsubscribe and presence per second per connection, burst 2N, 0 = no limit [default: 100]
+    #[arg(long, env = "SCALED_SOCKETS_SUBSCRIBE_RATE")]
+    pub subscribe_rate: Option<u32>,
+    /// Most entries in a presence answer (then `truncated: true`) [default: 1000]
+    #[arg(long, env = "SCALED_SOCKETS_MAX_PRESENCE")]
+    pub max_presence: Option<usize>,
+    /// Period of the check of every subscribed channel against its stream's top, in ms [default: 10000]
+    #[arg(long, env = "SCALED_SOCKETS_GAP_CHECK_INTERVAL_MS")]
+    pub gap_check_interval_ms: Option<u64>,
     /// Prefix of every key and channel in the scaler backend [default: ss]
     #[arg(long, env = "SCALED_SOCKETS_SCALER_PREFIX")]
     pub scaler_prefix: Option<String>,
@@ -107,6 +122,11 @@ struct FileConfig {
     history_ttl_ms: Option<u64>,
     resume_window_ms: Option<u64>,
     outbound_queue: Option<usize>,
+    max_data_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
+    subscribe_rate: Option<u32>,
+    max_presence: Option<usize>,
+    gap_check_interval_ms: Option<u64>,
     scaler_prefix: Option<String>,
 }
 
@@ -166,6 +186,16 @@ impl Args {
         take!(history_ttl_ms => config.history.history_ttl, Duration::from_millis);
         take!(resume_window_ms => config.resume_window, Duration::from_millis);
         take!(outbound_queue => config.outbound_queue, |v| v);
+        take!(max_data_bytes => config.max_data_bytes, |v| v);
+        take!(max_in_flight => config.max_in_flight, |v| v);
+        take!(subscribe_rate => config.subscribe_rate, |v| v);
+        take!(max_presence => config.max_presence, |v| v);
+        take!(gap_check_interval_ms => config.gap_check_interval, Duration::from_millis);
+        if config.max_in_flight == 0 || config.gap_check_interval.is_zero() {
+            return Err(Error::Config(
+                "max-in-flight and gap-check-interval-ms must be > 0".into(),
+            ));
+        }
         if config.max_frame_bytes < 128 {
             return Err(Error::Config("max-frame-bytes must be at least 128".into()));
         }

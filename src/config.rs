@@ -46,6 +46,23 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// More bad frames than this within 10 s close the connection with 4000.
     pub max_bad_frames: u32,
+    /// Largest `data` the server puts in a frame it builds (publications,
+    /// tells, asks, replies), in bytes; larger: `limit_exceeded` (HTTP 413).
+    /// Bounds every frame a client receives, so none is too big to send.
+    pub max_data_bytes: usize,
+    /// Commands with an id awaiting their answer, per connection; more:
+    /// `limit_exceeded`. Bounds what one client can have the server do at once.
+    pub max_in_flight: usize,
+    /// `subscribe`, `unsubscribe` and `presence` per second per connection
+    /// (burst twice that); 0 = unlimited. These reach the backend.
+    pub subscribe_rate: u32,
+    /// Most entries in a `presence` answer; more: the answer says
+    /// `truncated: true`.
+    pub max_presence: usize,
+    /// How often every subscribed channel is checked against its stream's top,
+    /// so a publication lost in live delivery is repaired even on a quiet
+    /// channel.
+    pub gap_check_interval: Duration,
     /// Key for the HTTP API (`/api/*`); `None` disables it (404).
     pub api_key: Option<String>,
 }
@@ -73,6 +90,11 @@ impl Default for Config {
             ask_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             max_bad_frames: 10,
+            max_data_bytes: 65_536,
+            max_in_flight: 64,
+            subscribe_rate: 100,
+            max_presence: 1000,
+            gap_check_interval: Duration::from_secs(10),
             api_key: None,
         }
     }

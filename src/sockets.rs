@@ -59,6 +59,7 @@ impl Sockets {
         data: &Data,
     ) -> Result<(), CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
         let frame = protocol::tell(event, data.get(), None);
         self.hub
             .route(
@@ -81,6 +82,7 @@ impl Sockets {
         timeout: Duration,
     ) -> Result<Data, CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
         self.hub.ask_client(client, event, data, timeout).await
     }
 
@@ -102,12 +104,14 @@ impl Sockets {
         data: &Data,
     ) -> Result<(), CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
         let frame = protocol::tell(event, data.get(), None).as_str().to_owned();
         self.hub.tell_session(session, frame).await
     }
 
     async fn tell_topic(&self, topic: Topic, event: &str, data: &Data) -> Result<(), CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
         // Encoded once here; every instance forwards the same bytes.
         let frame = protocol::tell(event, data.get(), None);
         let payload = Bytes::copy_from_slice(frame.as_str().as_bytes());

@@ -128,3 +128,140 @@ async fn unsubscribe_then_resubscribe_keeps_presence() {
             .await;
     }
 }
+
+/// Finding 6: data larger than a socket can take (a presence answer, an app
+/// publication) dropped the connection with no close code, and recovery
+/// replayed it into the same failure on every reconnect. Now it is refused at
+/// the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_data_is_refused_at_its_source() {
+    let redis = RedisServer::start();
+    let config = scaled_sockets::Config {
+        api_key: Some("k".into()),
+        ..test_config("big")
+    };
+    let srv = TestServer::start(config, redis_scaler(&redis).await, demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    sub.call(json!({"type":"subscribe","id":1,"channel":"big"}))
+        .await;
+
+    let huge = scaled_sockets::Data::json(&"x".repeat(1_500_000)).unwrap();
+    let err = srv.sockets.publish("big", &huge).await.unwrap_err();
+    assert_eq!(err.code, scaled_sockets::ErrorCode::LimitExceeded);
+    let err = srv
+        .sockets
+        .tell_client("nobody.x", "e", &huge)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, scaled_sockets::ErrorCode::LimitExceeded);
+
+    let body = json!({"channel":"big","data":"y".repeat(200_000)}).to_string();
+    let (status, answer) = http(
+        "POST",
+        &srv.http("/api/publish"),
+        &[("authorization", "Bearer k")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("limit_exceeded"), "{answer}");
+
+    // The subscriber was never sent anything it cannot take, and is still here.
+    let ok = srv
+        .sockets
+        .publish("big", &scaled_sockets::Data::json(&"small").unwrap())
+        .await
+        .unwrap();
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["offset"], ok.offset);
+    assert_eq!(message["data"], "small");
+}
+
+/// Finding 5: one client could make the cluster work without bound: unlimited
+/// commands in flight, unlimited presence and subscribe calls, presence
+/// answers of any size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_amplify_its_load() {
+    use scaled_sockets::{Context, Data};
+    let app = demo_app().ask("slow", |_cx: Context, data: Data| async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(data)
+    });
+    let config = scaled_sockets::Config {
+        max_in_flight: 8,
+        subscribe_rate: 20,
+        max_presence: 3,
+        ..test_config("amp")
+    };
+    let redis = RedisServer::start();
+    let srv = TestServer::start(config, redis_scaler(&redis).await, app).await;
+    let (mut raw, _) = Raw::connect(&srv.url()).await;
+
+    // In flight: 8 run, the rest are refused at once.
+    for id in 1..=12 {
+        raw.ws
+            .feed(Message::text(
+                json!({"type":"ask","id":id,"event":"slow","data":id}).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    raw.ws.flush().await.unwrap();
+    let (mut replies, mut refused) = (0, 0);
+    while replies + refused < 12 {
+        let frame = raw.recv().await;
+        match frame["type"].as_str() {
+            Some("reply") => replies += 1,
+            Some("error") => {
+                assert_eq!(frame["code"], "limit_exceeded", "{frame}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((replies, refused), (8, 4));
+
+    // Presence and subscribe are rate limited (burst 40 at 20/s).
+    let mut limited = 0;
+    for round in 0..10 {
+        for i in 0..8 {
+            let id = 100 + round * 8 + i;
+            raw.ws
+                .feed(Message::text(
+                    json!({"type":"presence","id":id,"channel":"amp"}).to_string(),
+                ))
+                .await
+                .unwrap();
+        }
+        raw.ws.flush().await.unwrap();
+        for _ in 0..8 {
+            let frame = raw.recv().await;
+            if frame["code"] == "rate_limited" {
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        limited >= 30,
+        "80 presence calls at once: {limited} rate limited"
+    );
+
+    // Presence answers are capped, and say so.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        let (mut c, _) = Raw::connect(&srv.url()).await;
+        c.call(json!({"type":"subscribe","id":1,"channel":"crowd"}))
+            .await;
+        others.push(c);
+    }
+    let answer = raw
+        .call(json!({"type":"presence","id":999,"channel":"crowd"}))
+        .await;
+    assert_eq!(
+        answer["data"]["clients"].as_array().unwrap().len(),
+        3,
+        "{answer}"
+    );
+    assert_eq!(answer["data"]["truncated"], true);
+}

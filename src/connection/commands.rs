@@ -6,6 +6,7 @@
 
 use super::{Conn, io::Exit};
 use crate::{
+    config::Config,
     data::Data,
     error::{CommandError, ErrorCode},
     hub::bounded,
@@ -13,6 +14,7 @@ use crate::{
     metrics::Metrics,
     protocol::{self, ClientFrame, SubscriptionRequest, close},
 };
+use scaled_sockets_scaler::PresenceEntry;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::{
@@ -49,11 +51,40 @@ impl Conn {
 
     /// Claims a command id; a duplicate of a pending one is a bad frame
     /// (`Err(true)` when the connection must close for it).
+    ///
+    /// A connection may have at most `max_in_flight` commands awaiting their
+    /// answer; one more is answered `limit_exceeded` (and not run), so no
+    /// client can queue unbounded work on the server or the backend.
     fn claim(&mut self, id: u64, out: &mut Vec<Utf8Bytes>) -> Result<(), bool> {
-        if self.pending.insert(id) {
+        if self.pending.contains(&id) {
+            return Err(self.bad_frame(Some(id), &format!("id {id} is already pending"), out));
+        }
+        if self.pending.len() >= self.hub.config.max_in_flight {
+            let message = format!(
+                "at most {} commands in flight per connection",
+                self.hub.config.max_in_flight
+            );
+            out.push(protocol::error(
+                Some(id),
+                ErrorCode::LimitExceeded,
+                &message,
+            ));
+            return Err(false);
+        }
+        self.pending.insert(id);
+        Ok(())
+    }
+
+    /// Takes a token for a command that reaches the backend's subscription
+    /// or presence state; `rate_limited` when the connection has none left.
+    fn take_backend_token(&mut self) -> Result<(), CommandError> {
+        if self.command_bucket.try_take() {
             Ok(())
         } else {
-            Err(self.bad_frame(Some(id), &format!("id {id} is already pending"), out))
+            Err(CommandError::new(
+                ErrorCode::RateLimited,
+                "subscribe/unsubscribe/presence rate limit exceeded",
+            ))
         }
     }
 
@@ -104,8 +135,12 @@ impl Conn {
             }
             ClientFrame::Subscribe { id, request } => self.on_subscribe(id, request, out),
             ClientFrame::Unsubscribe { id, channel } => {
-                self.end_subscription(&channel);
-                self.answer(id, protocol::reply(id).finish(), out);
+                if let Err(e) = self.take_backend_token() {
+                    self.fail(id, e, out);
+                } else {
+                    self.end_subscription(&channel);
+                    self.answer(id, protocol::reply(id).finish(), out);
+                }
             }
             ClientFrame::Publish { id, channel, data } => self.on_publish(id, channel, data, out),
             ClientFrame::Ask {
@@ -140,7 +175,10 @@ impl Conn {
     }
 
     fn on_subscribe(&mut self, id: u64, request: SubscriptionRequest, out: &mut Vec<Utf8Bytes>) {
-        if let Err(e) = self.check_subscribe(&request.channel) {
+        if let Err(e) = self
+            .check_subscribe(&request.channel)
+            .and_then(|()| self.take_backend_token())
+        {
             return self.fail(id, e, out);
         }
         let Some(sub) = self.subs.get(request.channel.as_str()) else {
@@ -222,8 +260,14 @@ impl Conn {
         let cx = self.context();
         let data = Data::from(data);
         let limit = self.hub.config.ask_timeout;
+        let max_data = self.hub.config.max_data_bytes;
         self.spawn_command(id, async move {
             match tokio::time::timeout(limit, handler(cx, data)).await {
+                Ok(Ok(data)) if data.get().len() > max_data => protocol::error(
+                    Some(id),
+                    ErrorCode::LimitExceeded,
+                    &format!("the handler's reply is over {max_data} bytes"),
+                ),
                 Ok(Ok(data)) => protocol::reply_data(id, data.get()),
                 Ok(Err(e)) => protocol::error(Some(id), e.code, &e.message),
                 Err(_) => protocol::error(
@@ -263,32 +307,15 @@ impl Conn {
             let e = CommandError::forbidden("you may not see this channel");
             return self.fail(id, e, out);
         }
+        if let Err(e) = self.take_backend_token() {
+            return self.fail(id, e, out);
+        }
         let hub = self.hub.clone();
         let channel = channel.into_owned();
         self.spawn_command(id, async move {
             let entries = bounded(hub.config.scaler_timeout, hub.scaler.presence(&channel)).await;
             match entries {
-                Ok(entries) => {
-                    #[derive(Serialize)]
-                    struct Client<'a> {
-                        client: &'a str,
-                        user: Option<&'a str>,
-                    }
-                    #[derive(Serialize)]
-                    struct Clients<'a> {
-                        clients: Vec<Client<'a>>,
-                    }
-                    let clients = Clients {
-                        clients: entries
-                            .iter()
-                            .map(|e| Client {
-                                client: &e.client,
-                                user: e.user.as_deref(),
-                            })
-                            .collect(),
-                    };
-                    protocol::reply(id).json("data", &clients).finish()
-                }
+                Ok(entries) => presence_reply(id, &entries, &hub.config),
                 Err(e) => {
                     let e = CommandError::from(e);
                     protocol::error(Some(id), e.code, &e.message)
@@ -315,4 +342,42 @@ fn command_id(frame: &ClientFrame<'_>) -> Option<u64> {
         | ClientFrame::Error { .. }
         | ClientFrame::Pong => None,
     }
+}
+
+/// The answer to `presence`: at most `max_presence` entries and at most
+/// `max_data_bytes` of JSON, with `truncated: true` when entries were left out,
+/// so the frame is always small enough to send.
+fn presence_reply(id: u64, entries: &[PresenceEntry], config: &Config) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Client<'a> {
+        client: &'a str,
+        user: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Clients<'a> {
+        clients: Vec<Client<'a>>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    }
+    // Room for the envelope and the `truncated` flag.
+    let budget = config.max_data_bytes.saturating_sub(64);
+    let mut size = 0;
+    let mut clients = Vec::with_capacity(entries.len().min(config.max_presence));
+    for entry in entries.iter().take(config.max_presence) {
+        // Each entry's JSON: its strings (escaping may add a little; the
+        // margin above covers typical ids) plus punctuation.
+        let entry_size = entry.client.len() + entry.user.as_deref().map_or(4, |u| u.len() + 2) + 24;
+        if size + entry_size > budget {
+            break;
+        }
+        size += entry_size;
+        clients.push(Client {
+            client: &entry.client,
+            user: entry.user.as_deref(),
+        });
+    }
+    let truncated = clients.len() < entries.len();
+    protocol::reply(id)
+        .json("data", &Clients { clients, truncated })
+        .finish()
 }

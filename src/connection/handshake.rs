@@ -223,6 +223,7 @@ pub(super) async fn welcome(
         .bool("resumed", resumed)
         .finish();
     let publish_rate = hub.config.publish_rate;
+    let subscribe_rate = hub.config.subscribe_rate;
     let mut conn = Conn {
         handle: handle.clone(),
         identity,
@@ -232,6 +233,7 @@ pub(super) async fn welcome(
         next_server_ask: 1,
         next_generation: 1,
         bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
+        command_bucket: TokenBucket::new(subscribe_rate, subscribe_rate.saturating_mul(2)),
         bad: VecDeque::new(),
         last_publish: None,
         presence_chain: None,

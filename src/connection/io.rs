@@ -34,7 +34,16 @@ pub(crate) fn websocket_config(config: &crate::Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(0)
-        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4).max(1 << 20))
+        // Room for several of the largest frames the server builds (data is
+        // bounded by `max_data_bytes` at its source), so no frame is too big
+        // to send.
+        .max_write_buffer_size(
+            config
+                .max_data_bytes
+                .max(config.max_frame_bytes)
+                .saturating_mul(4)
+                .max(1 << 20),
+        )
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
 }

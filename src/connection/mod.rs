@@ -66,6 +66,8 @@ struct Conn {
     next_server_ask: u64,
     next_generation: u64,
     bucket: TokenBucket,
+    /// Rate limit of subscribe, unsubscribe and presence.
+    command_bucket: TokenBucket,
     /// Completion of this connection's latest publish: the next one waits for
     /// it, which keeps each connection's publications in its send order.
     last_publish: Option<oneshot::Receiver<()>>,

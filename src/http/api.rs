@@ -109,6 +109,9 @@ impl ScaledSocketsService {
             Err(e) if e.code == ErrorCode::BadRequest => {
                 api_error(StatusCode::BAD_REQUEST, e.code, &e.message)
             }
+            Err(e) if e.code == ErrorCode::LimitExceeded => {
+                api_error(StatusCode::PAYLOAD_TOO_LARGE, e.code, &e.message)
+            }
             Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.code, &e.message),
         }
     }
@@ -172,6 +175,7 @@ impl ScaledSocketsService {
             Err(e) => {
                 let status = match e.code {
                     ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+                    ErrorCode::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorCode::NotFound => StatusCode::NOT_FOUND,
                     ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,

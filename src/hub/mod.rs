@@ -263,6 +263,20 @@ impl Hub {
 
     // ----- publishing ------------------------------------------------------------
 
+    /// Refuses `data` too large for any frame the server sends: refused here,
+    /// at the source, a client never meets a frame it cannot receive (and
+    /// recovery never replays one).
+    pub(crate) fn check_data_size(&self, data: &str) -> Result<(), CommandError> {
+        let limit = self.config.max_data_bytes;
+        if data.len() > limit {
+            return Err(CommandError::new(
+                ErrorCode::LimitExceeded,
+                format!("data is {} bytes; at most {limit} are allowed", data.len()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Publishes on a channel through the scaler.
     pub(crate) async fn publish(
         &self,
@@ -270,6 +284,7 @@ impl Hub {
         data: &str,
     ) -> Result<StreamPosition, CommandError> {
         protocol::validate_name(channel, "channel").map_err(CommandError::bad_request)?;
+        self.check_data_size(data)?;
         let payload = Bytes::copy_from_slice(data.as_bytes());
         let result = bounded(
             self.config.scaler_timeout,
