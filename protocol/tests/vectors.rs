@@ -23,7 +23,11 @@ fn load(file: &str) -> Vec<Case> {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let cases: Vec<Case> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     let names: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names.len(), cases.len(), "{path}: case names must be unique");
+    assert_eq!(
+        names.len(),
+        cases.len(),
+        "{path}: case names must be unique"
+    );
     cases
 }
 
@@ -104,7 +108,12 @@ fn client_frame_vectors() {
     let mut ok_kinds = BTreeSet::new();
     let mut error_kinds = BTreeSet::new();
     for case in &cases {
-        assert_eq!(client_outcome(&case.frame), case.expect, "case {}", case.name);
+        assert_eq!(
+            client_outcome(&case.frame),
+            case.expect,
+            "case {}",
+            case.name
+        );
         match parse_client_frame(&case.frame) {
             Ok(frame) => {
                 ok_kinds.insert(frame.kind());
@@ -317,7 +326,9 @@ fn build(s: &Value) -> String {
 fn fields(text: &str) -> BTreeMap<String, String> {
     let map: BTreeMap<String, &RawValue> =
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-    map.into_iter().map(|(k, v)| (k, v.get().to_owned())).collect()
+    map.into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect()
 }
 
 #[test]
@@ -325,7 +336,12 @@ fn server_frame_vectors() {
     let cases = load("server_frames.json");
     let mut built_kinds = BTreeSet::new();
     for case in &cases {
-        assert_eq!(server_outcome(&case.frame), case.expect, "case {}", case.name);
+        assert_eq!(
+            server_outcome(&case.frame),
+            case.expect,
+            "case {}",
+            case.name
+        );
         if case.built {
             let summary = &case.expect["ok"];
             let built = build(summary);

@@ -87,15 +87,18 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod builder;
 mod client;
 mod connection;
 mod error;
 mod position;
-mod protocol;
+mod streams;
 mod types;
 
-pub use client::{Client, ClientBuilder, Events, Subscription};
+pub use builder::ClientBuilder;
+pub use client::Client;
 pub use error::{Error, ErrorCode, Result};
+pub use streams::{Events, Subscription};
 pub use types::{AskError, AskRequest, ConnectionInfo, Event, Message, PresenceEntry};
 
 /// Re-exported so callers can name [`RawValue`]
