@@ -86,6 +86,18 @@
 
 #![warn(missing_docs)]
 
+// Module map:
+// - `builder`: `ClientBuilder`, configuration and the first connection.
+// - `client`: `Client`, the cheap-to-clone handle and its commands.
+// - `streams`: `Subscription` and `Events` streams.
+// - `connection`: the background task owning the WebSocket (handshake,
+//   serving, reconnecting, channel state and recovery).
+// - `position`: stream positions (epoch, offset) and duplicate/gap checks.
+// - `backoff`: reconnect delays with jitter.
+// - `types`: public data types (`Message`, `Event`, `AskRequest`, …).
+// - `error`: `Error`; `ErrorCode` comes from `scaled-sockets-protocol`, which
+//   also encodes and decodes every frame.
+
 mod backoff;
 mod builder;
 mod client;
