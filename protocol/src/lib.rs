@@ -25,6 +25,8 @@
 //! The test vectors in `protocol/vectors/` (format in its README) pin the
 //! frames down for every implementation, this crate's tests run them all.
 
+#![warn(missing_docs)]
+
 pub mod client_encode;
 pub mod client_frame;
 pub mod codes;
