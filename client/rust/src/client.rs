@@ -1,204 +1,20 @@
-//! The public handle, its builder, and subscription/event streams.
+//! The public handle: [`Client`] and its commands.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::connection::{
-    self, AskHandler, BoxError, Command, Config, Control, Request, Shared, SubInfo, Task,
-    TokenSource, lock,
-};
+use crate::connection::{AskHandler, Command, Control, Request, Shared, SubInfo, lock};
 use crate::error::{Error, Result};
 use crate::position::Position;
-use crate::protocol::Reply;
-use crate::types::{AskError, AskRequest, ConnectionInfo, Event, Message, PresenceEntry};
-
-/// Commands queued while the connection is down (or busy) before callers wait.
-const COMMAND_QUEUE: usize = 256;
-
-/// Configures and opens a [`Client`]. Created by [`Client::builder`].
-pub struct ClientBuilder {
-    url: String,
-    token: TokenSource,
-    session: Option<String>,
-    ask_timeout: Duration,
-    connect_timeout: Duration,
-    reconnect: bool,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    max_message_size: usize,
-}
-
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("url", &self.url)
-            .field(
-                "token",
-                &match self.token {
-                    TokenSource::None => "none",
-                    TokenSource::Static(_) => "static",
-                    TokenSource::Provider(_) => "provider",
-                },
-            )
-            .field("session", &self.session)
-            .field("ask_timeout", &self.ask_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("reconnect", &self.reconnect)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
-            .field("max_message_size", &self.max_message_size)
-            .finish()
-    }
-}
-
-impl ClientBuilder {
-    fn new(url: String) -> Self {
-        ClientBuilder {
-            url,
-            token: TokenSource::None,
-            session: None,
-            ask_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            reconnect: true,
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            max_message_size: 16 << 20,
-        }
-    }
-
-    /// Connects with this token (a JWT). Without a token the client connects
-    /// anonymously.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = TokenSource::Static(token.into());
-        self
-    }
-
-    /// Fetches a fresh token before every connection attempt (the first one
-    /// and each reconnect). With a provider, a connection closed with 4001
-    /// (token expired) is reconnected with a new token instead of giving up.
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), scaled_sockets_client::Error> {
-    /// use scaled_sockets_client::Client;
-    /// let client = Client::builder("ws://127.0.0.1:8080/ws")
-    ///     .token_provider(|| async {
-    ///         // e.g. ask your auth service
-    ///         Ok::<_, std::io::Error>("eyJ…".to_string())
-    ///     })
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> Self
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<String, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        let provider = Arc::new(provider);
-        self.token = TokenSource::Provider(Arc::new(move || {
-            let fut = provider();
-            Box::pin(async move { fut.await.map_err(Into::into) })
-        }));
-        self
-    }
-
-    /// Resumes this session (from [`ConnectionInfo::session`] of an earlier
-    /// client) if the server still holds it.
-    pub fn session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
-        self
-    }
-
-    /// How long a command waits for its answer, queueing included (default
-    /// 10 s). Applies to every command with an answer: `ask`, `publish`,
-    /// `subscribe`, `join`, … Past it the call fails with [`Error::Timeout`].
-    pub fn ask_timeout(mut self, timeout: Duration) -> Self {
-        self.ask_timeout = timeout;
-        self
-    }
-
-    /// Bound on one connection attempt: TCP, WebSocket upgrade and `connect`
-    /// → `welcome` (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Reconnect delays: the first retry waits between `min` and `2·min`,
-    /// the ceiling doubles on each failure up to `max`, and each delay is
-    /// drawn at random below the ceiling (default 100 ms .. 10 s).
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max;
-        self
-    }
-
-    /// Whether to reconnect after a lost connection (default true). With
-    /// `false` the client stops at the first disconnect.
-    pub fn reconnect(mut self, reconnect: bool) -> Self {
-        self.reconnect = reconnect;
-        self
-    }
-
-    /// Largest incoming message accepted (default 16 MiB).
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
-
-    /// Connects and waits for the server's `welcome`.
-    ///
-    /// Fails with the server's error (e.g. [`Error::Server`] with
-    /// [`ErrorCode::Unauthorized`](crate::ErrorCode::Unauthorized) for a
-    /// rejected token) or the transport's; the first connection is not
-    /// retried. Must be called within a Tokio runtime.
-    pub async fn connect(self) -> Result<Client> {
-        if self.url.starts_with("wss://") {
-            return Err(Error::Config(
-                "wss:// URLs need TLS support, which this build does not include".into(),
-            ));
-        }
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size));
-        let cfg = Arc::new(Config {
-            url: self.url,
-            token: self.token,
-            connect_timeout: self.connect_timeout,
-            reconnect: self.reconnect,
-            backoff_min: self.backoff_min,
-            backoff_max: self.backoff_max,
-            ws_config,
-        });
-        let (ws, welcome) = connection::establish(&cfg, self.session, Vec::new()).await?;
-        let shared = Arc::new(Shared::new());
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let mut task = Task::new(cfg, shared.clone(), cmd_rx, ctl_rx, ctl_tx.clone());
-        task.announce(&welcome, false);
-        tokio::spawn(task.run(ws, welcome));
-        Ok(Client {
-            cmd: cmd_tx,
-            ctl: ctl_tx,
-            shared,
-            ask_timeout: self.ask_timeout,
-        })
-    }
-}
+use crate::types::{AskError, AskRequest, ConnectionInfo, PresenceEntry};
+use crate::{ClientBuilder, Events, Subscription};
+use scaled_sockets_protocol::Reply;
 
 /// A handle to one connection, cheap to clone: every clone talks to the same
 /// background task, which owns the WebSocket and reconnects as needed.
@@ -207,10 +23,10 @@ impl ClientBuilder {
 /// `Client` and [`Subscription`] is dropped.
 #[derive(Clone)]
 pub struct Client {
-    cmd: mpsc::Sender<Command>,
-    ctl: mpsc::UnboundedSender<Control>,
-    shared: Arc<Shared>,
-    ask_timeout: Duration,
+    pub(crate) cmd: mpsc::Sender<Command>,
+    pub(crate) ctl: mpsc::UnboundedSender<Control>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ask_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -264,7 +80,7 @@ impl Client {
     /// its messages, published after the subscription was made; dropping it
     /// unsubscribes. After a reconnect, missed messages are replayed and
     /// duplicates dropped; a gap that cannot be replayed is reported as
-    /// [`Event::Subscribed`] with `recovered: false`.
+    /// [`Event::Subscribed`](crate::Event::Subscribed) with `recovered: false`.
     ///
     /// Subscribing again to a channel this client is already subscribed to
     /// adds another stream of the same messages.
@@ -498,13 +314,13 @@ impl Client {
         lock(&self.shared.handlers).remove(event).is_some()
     }
 
-    /// A stream of the connection's [`Event`]s from now on. Each call gives
-    /// an independent stream; it ends after [`Event::Closed`]. Events are
+    /// A stream of the connection's [`Event`](crate::Event)s from now on. Each call gives
+    /// an independent stream; it ends after [`Event::Closed`](crate::Event::Closed). Events are
     /// buffered until read, so keep reading (or drop the stream).
     ///
     /// The first connection, made by [`ClientBuilder::connect`], is not
     /// reported ([`Client::connection_info`] has it); every reconnection is
-    /// ([`Event::Connected`]).
+    /// ([`Event::Connected`](crate::Event::Connected)).
     pub fn events(&self) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut senders = lock(&self.shared.events);
@@ -546,119 +362,4 @@ fn reply_data(reply: Reply) -> Box<RawValue> {
     reply
         .data
         .unwrap_or_else(|| RawValue::from_string("null".into()).expect("valid JSON"))
-}
-
-/// The messages of one channel, in offset order. Created by
-/// [`Client::subscribe`]; dropping it unsubscribes (in the background).
-///
-/// Implements [`Stream`]; [`Subscription::recv`] is the same without
-/// importing `StreamExt`. The stream ends when the server ends the
-/// subscription ([`Event::Unsubscribed`]) or the client stops.
-pub struct Subscription {
-    channel: String,
-    sub_id: u64,
-    rx: mpsc::UnboundedReceiver<Message>,
-    offset: u64,
-    epoch: String,
-    recovered: Option<bool>,
-    ctl: mpsc::UnboundedSender<Control>,
-    /// Keeps the connection open while the subscription lives.
-    _keep_alive: mpsc::Sender<Command>,
-    detached: bool,
-}
-
-impl fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
-            .field("channel", &self.channel)
-            .field("offset", &self.offset)
-            .field("epoch", &self.epoch)
-            .field("recovered", &self.recovered)
-            .finish()
-    }
-}
-
-impl Subscription {
-    /// The channel.
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
-    /// Offset of the channel's latest publication when subscribing.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// The channel's epoch when subscribing.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
-    /// For [`Client::subscribe_from`]: whether every message since the given
-    /// position is replayed. `None` for plain subscriptions.
-    pub fn recovered(&self) -> Option<bool> {
-        self.recovered
-    }
-
-    /// The next message; `None` once the subscription ended.
-    pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
-    }
-
-    /// Unsubscribes and waits for the server's answer (dropping the
-    /// subscription does the same in the background).
-    pub async fn unsubscribe(mut self) -> Result<()> {
-        self.detached = true;
-        let (tx, rx) = oneshot::channel();
-        let sent = self.ctl.send(Control::Unsubscribe {
-            channel: self.channel.clone(),
-            sub_id: self.sub_id,
-            done: Some(tx),
-        });
-        if sent.is_err() {
-            return Ok(()); // the client has stopped: nothing to undo
-        }
-        rx.await.unwrap_or(Ok(()))
-    }
-}
-
-impl Stream for Subscription {
-    type Item = Message;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.get_mut().rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if !self.detached {
-            let _ = self.ctl.send(Control::Unsubscribe {
-                channel: std::mem::take(&mut self.channel),
-                sub_id: self.sub_id,
-                done: None,
-            });
-        }
-    }
-}
-
-/// A stream of [`Event`]s, from [`Client::events`].
-#[derive(Debug)]
-pub struct Events {
-    rx: mpsc::UnboundedReceiver<Event>,
-}
-
-impl Events {
-    /// The next event; `None` after the client stopped.
-    pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-}
-
-impl Stream for Events {
-    type Item = Event;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.get_mut().rx.poll_recv(cx)
-    }
 }

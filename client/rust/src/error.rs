@@ -1,87 +1,14 @@
 //! The crate's error type and the protocol's error codes.
 
-use std::fmt;
 use std::sync::Arc;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error code of the wire protocol, as carried by `error` frames.
-///
-/// Codes this version does not know are kept verbatim in [`ErrorCode::Other`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// Malformed or unknown frame, wrong field types.
-    BadRequest,
-    /// Missing, invalid or expired token.
-    Unauthorized,
-    /// The token does not allow this channel or action.
-    Forbidden,
-    /// No such core, handler or resource.
-    NotFound,
-    /// A per-connection limit (e.g. subscriptions) is reached.
-    LimitExceeded,
-    /// Too many publications per second.
-    RateLimited,
-    /// The server gave up waiting (e.g. for a core's answer).
-    Timeout,
-    /// The scaler backend is unreachable: nothing was published.
-    Unavailable,
-    /// A server-side failure.
-    Internal,
-    /// A code this client version does not know.
-    Other(String),
-}
-
-impl ErrorCode {
-    /// The code as written on the wire (`"bad_request"`, …).
-    pub fn as_str(&self) -> &str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::LimitExceeded => "limit_exceeded",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Other(code) => code,
-        }
-    }
-}
-
-impl From<&str> for ErrorCode {
-    fn from(code: &str) -> Self {
-        match code {
-            "bad_request" => ErrorCode::BadRequest,
-            "unauthorized" => ErrorCode::Unauthorized,
-            "forbidden" => ErrorCode::Forbidden,
-            "not_found" => ErrorCode::NotFound,
-            "limit_exceeded" => ErrorCode::LimitExceeded,
-            "rate_limited" => ErrorCode::RateLimited,
-            "timeout" => ErrorCode::Timeout,
-            "unavailable" => ErrorCode::Unavailable,
-            "internal" => ErrorCode::Internal,
-            other => ErrorCode::Other(other.to_owned()),
-        }
-    }
-}
-
-impl From<String> for ErrorCode {
-    fn from(code: String) -> Self {
-        match ErrorCode::from(code.as_str()) {
-            ErrorCode::Other(_) => ErrorCode::Other(code),
-            known => known,
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// An error code of the wire protocol, as carried by `error` frames (defined
+/// by the protocol crate; codes this version does not know are kept verbatim
+/// in [`ErrorCode::Other`]).
+pub use scaled_sockets_protocol::ErrorCode;
 
 /// Everything that can go wrong in this crate.
 ///
@@ -150,6 +77,12 @@ impl Error {
 impl From<tokio_tungstenite::tungstenite::Error> for Error {
     fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
         Error::Transport(Arc::new(err))
+    }
+}
+
+impl From<scaled_sockets_protocol::DecodeError> for Error {
+    fn from(err: scaled_sockets_protocol::DecodeError) -> Self {
+        Error::Protocol(err.0)
     }
 }
 

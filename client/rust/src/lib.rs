@@ -86,16 +86,31 @@
 
 #![warn(missing_docs)]
 
+// Module map:
+// - `builder`: `ClientBuilder`, configuration and the first connection.
+// - `client`: `Client`, the cheap-to-clone handle and its commands.
+// - `streams`: `Subscription` and `Events` streams.
+// - `connection`: the background task owning the WebSocket (handshake,
+//   serving, reconnecting, channel state and recovery).
+// - `position`: stream positions (epoch, offset) and duplicate/gap checks.
+// - `backoff`: reconnect delays with jitter.
+// - `types`: public data types (`Message`, `Event`, `AskRequest`, …).
+// - `error`: `Error`; `ErrorCode` comes from `scaled-sockets-protocol`, which
+//   also encodes and decodes every frame.
+
 mod backoff;
+mod builder;
 mod client;
 mod connection;
 mod error;
 mod position;
-mod protocol;
+mod streams;
 mod types;
 
-pub use client::{Client, ClientBuilder, Events, Subscription};
+pub use builder::ClientBuilder;
+pub use client::Client;
 pub use error::{Error, ErrorCode, Result};
+pub use streams::{Events, Subscription};
 pub use types::{AskError, AskRequest, ConnectionInfo, Event, Message, PresenceEntry};
 
 /// Re-exported so callers can name [`RawValue`]
