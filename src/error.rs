@@ -2,67 +2,7 @@
 
 use scaled_sockets_scaler::ScalerError;
 
-/// Error codes of the wire protocol (docs/protocol.md), sent in `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// Malformed or unknown frame, wrong field types.
-    BadRequest,
-    /// No or invalid credentials.
-    Unauthorized,
-    /// Not allowed for this user.
-    Forbidden,
-    /// No such handler, core or client.
-    NotFound,
-    /// A per-connection limit was reached.
-    LimitExceeded,
-    /// Too many publishes.
-    RateLimited,
-    /// The answer did not come in time.
-    Timeout,
-    /// The scaler backend is unreachable: nothing was done.
-    Unavailable,
-    /// A bug or unexpected failure on the server.
-    Internal,
-}
-
-impl ErrorCode {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::NotFound => "not_found",
-            Self::LimitExceeded => "limit_exceeded",
-            Self::RateLimited => "rate_limited",
-            Self::Timeout => "timeout",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
-
-    /// Parses the wire spelling.
-    pub fn parse(code: &str) -> Option<Self> {
-        Some(match code {
-            "bad_request" => Self::BadRequest,
-            "unauthorized" => Self::Unauthorized,
-            "forbidden" => Self::Forbidden,
-            "not_found" => Self::NotFound,
-            "limit_exceeded" => Self::LimitExceeded,
-            "rate_limited" => Self::RateLimited,
-            "timeout" => Self::Timeout,
-            "unavailable" => Self::Unavailable,
-            "internal" => Self::Internal,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use scaled_sockets_protocol::ErrorCode;
 
 /// An error answered to a client command: a protocol code plus human text.
 /// Handlers return it; every server failure is mapped to one.

@@ -42,7 +42,8 @@
 //!   [`Json`] and [`State`]), hooks, [`Context`].
 //! - [`auth`]: [`Authenticator`], [`Identity`], the HS256 [`JwtAuthenticator`].
 //! - [`data`]: [`Data`], JSON relayed untouched.
-//! - [`protocol`]: wire protocol v1 parsing and encoding, close codes.
+//! - [`protocol`]: the `scaled-sockets-protocol` crate, shared with the
+//!   clients: wire protocol v1 parsing and encoding, error and close codes.
 //! - [`config`]: limits and timeouts with their defaults.
 //! - [`cli`]: the standalone server's flags, env and TOML config.
 //! - [`error`]: [`Error`], [`CommandError`] and the protocol [`ErrorCode`]s.
@@ -60,7 +61,7 @@ mod hub;
 mod mailbox;
 pub mod metrics;
 pub mod pattern;
-pub mod protocol;
+pub use scaled_sockets_protocol as protocol;
 pub mod rate_limit;
 pub mod server;
 mod shutdown;

@@ -66,7 +66,7 @@ impl Sockets {
                 client,
                 PeerMessage::Tell {
                     client: client.to_owned(),
-                    frame: frame.as_str().to_owned(),
+                    frame,
                 },
             )
             .await
@@ -105,7 +105,7 @@ impl Sockets {
     ) -> Result<(), CommandError> {
         protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
         self.hub.check_data_size(data.get())?;
-        let frame = protocol::tell(event, data.get(), None).as_str().to_owned();
+        let frame = protocol::tell(event, data.get(), None);
         self.hub.tell_session(session, frame).await
     }
 
@@ -114,7 +114,7 @@ impl Sockets {
         self.hub.check_data_size(data.get())?;
         // Encoded once here; every instance forwards the same bytes.
         let frame = protocol::tell(event, data.get(), None);
-        let payload = Bytes::copy_from_slice(frame.as_str().as_bytes());
+        let payload = Bytes::from(frame);
         bounded(
             self.hub.config.scaler_timeout,
             self.hub.scaler.send(&topic, payload),

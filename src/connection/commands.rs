@@ -36,7 +36,7 @@ impl Conn {
     /// Records a bad frame; true when the connection must close (4000).
     fn bad_frame(&mut self, id: Option<u64>, message: &str, out: &mut Vec<Utf8Bytes>) -> bool {
         Metrics::inc(&self.hub.metrics.bad_frames_total);
-        out.push(protocol::error(id, ErrorCode::BadRequest, message));
+        out.push(protocol::error(id, ErrorCode::BadRequest, message).into());
         let now = Instant::now();
         while self
             .bad
@@ -64,11 +64,7 @@ impl Conn {
                 "at most {} commands in flight per connection",
                 self.hub.config.max_in_flight
             );
-            out.push(protocol::error(
-                Some(id),
-                ErrorCode::LimitExceeded,
-                &message,
-            ));
+            out.push(protocol::error(Some(id), ErrorCode::LimitExceeded, &message).into());
             return Err(false);
         }
         self.pending.insert(id);
@@ -89,9 +85,9 @@ impl Conn {
     }
 
     /// Answers command `id` at once.
-    fn answer(&mut self, id: u64, frame: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
+    fn answer(&mut self, id: u64, frame: impl Into<Utf8Bytes>, out: &mut Vec<Utf8Bytes>) {
         self.pending.remove(&id);
-        out.push(frame);
+        out.push(frame.into());
     }
 
     /// Answers command `id` with an error at once.
@@ -102,11 +98,11 @@ impl Conn {
     /// Runs `work` in its own task; its answer comes back as `ConnEvent::Done`.
     pub(super) fn spawn_command<F>(&self, id: u64, work: F)
     where
-        F: Future<Output = Utf8Bytes> + Send + 'static,
+        F: Future<Output = String> + Send + 'static,
     {
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            let frame = work.await;
+            let frame = Utf8Bytes::from(work.await);
             handle.push(Outbound::Event(Box::new(ConnEvent::Done { id, frame })));
         });
     }
@@ -298,7 +294,7 @@ impl Conn {
                 tokio::spawn(task);
             }
             // A tell has no id: its error answers no frame.
-            Err(e) => out.push(protocol::error(None, e.code, &e.message)),
+            Err(e) => out.push(protocol::error(None, e.code, &e.message).into()),
         }
     }
 
@@ -347,7 +343,7 @@ fn command_id(frame: &ClientFrame<'_>) -> Option<u64> {
 /// The answer to `presence`: at most `max_presence` entries and at most
 /// `max_data_bytes` of JSON, with `truncated: true` when entries were left out,
 /// so the frame is always small enough to send.
-fn presence_reply(id: u64, entries: &[PresenceEntry], config: &Config) -> Utf8Bytes {
+fn presence_reply(id: u64, entries: &[PresenceEntry], config: &Config) -> String {
     #[derive(Serialize)]
     struct Client<'a> {
         client: &'a str,

@@ -214,14 +214,14 @@ pub(super) async fn welcome(
         let session = session.clone();
         tokio::spawn(async move { session::save(&hub, &session, &record).await });
     }
-    let frame = protocol::FrameWriter::new("welcome")
-        .str("session", &session)
-        .str("client", &handle.client)
-        .str("instance", &hub.id)
-        .opt_str("user", handle.user.as_deref())
-        .u64("ping_interval", hub.config.ping_interval.as_millis() as u64)
-        .bool("resumed", resumed)
-        .finish();
+    let frame = protocol::welcome(
+        &session,
+        &handle.client,
+        &hub.id,
+        handle.user.as_deref(),
+        hub.config.ping_interval.as_millis() as u64,
+        resumed,
+    );
     let publish_rate = hub.config.publish_rate;
     let subscribe_rate = hub.config.subscribe_rate;
     let mut conn = Conn {

@@ -69,7 +69,8 @@ pub(super) async fn send_close(ws: &mut Socket, code: u16, reason: &str) {
     .await;
 }
 
-pub(super) async fn send_frame(ws: &mut Socket, frame: Utf8Bytes) -> bool {
+pub(super) async fn send_frame(ws: &mut Socket, frame: impl Into<Utf8Bytes>) -> bool {
+    let frame = frame.into();
     tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Text(frame)))
         .await
         .is_ok_and(|r| r.is_ok())
@@ -222,7 +223,7 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
         // every idle connection's state.
         Box::pin(async move {
             out.clear();
-            out.push(protocol::disconnect(code, &reason, reconnect));
+            out.push(protocol::disconnect(code, &reason, reconnect).into());
             let _ = tokio::time::timeout(Duration::from_secs(1), write_all(ws, &mut out)).await;
             send_close(ws, code, &reason).await;
         })

@@ -138,7 +138,8 @@ impl Conn {
             Outbound::Publication(p) => self.on_publication(p, out),
             Outbound::Frame(frame) => out.push(*frame),
             Outbound::Shared(frame) => out.push((*frame).clone()),
-            Outbound::Ping => out.push(protocol::ping()),
+            // A static frame: pinging every connection allocates nothing.
+            Outbound::Ping => out.push(Utf8Bytes::from_static(protocol::PING)),
             Outbound::Event(event) => self.on_event(*event, out),
         }
     }
@@ -182,13 +183,7 @@ impl Conn {
                 self.next_server_ask += 1;
                 self.server_asks.retain(|_, tx| !tx.is_closed());
                 self.server_asks.insert(id, reply);
-                out.push(
-                    protocol::FrameWriter::new("ask")
-                        .u64("id", id)
-                        .str("event", &event)
-                        .raw("data", data.get())
-                        .finish(),
-                );
+                out.push(protocol::ask(id, &event, data.get(), None).into());
             }
             ConnEvent::ServerSubscribe { channel } => {
                 self.server_subscribe(
@@ -203,10 +198,7 @@ impl Conn {
             ConnEvent::ServerUnsubscribe { channel } => {
                 if self.subs.contains_key(channel.as_str()) {
                     self.end_subscription(&channel);
-                    out.push(protocol::unsubscribed(
-                        &channel,
-                        "unsubscribed by the server",
-                    ));
+                    out.push(protocol::unsubscribed(&channel, "unsubscribed by the server").into());
                 }
             }
         }

@@ -63,10 +63,7 @@ impl Conn {
         out: &mut Vec<Utf8Bytes>,
     ) {
         if let Err(e) = protocol::validate_name(&request.channel, "channel") {
-            out.push(protocol::unsubscribed(
-                &request.channel,
-                &format!("bad_request: {e}"),
-            ));
+            out.push(protocol::unsubscribed(&request.channel, &format!("bad_request: {e}")).into());
             return;
         }
         if self.subs.contains_key(request.channel.as_str()) {
@@ -74,10 +71,10 @@ impl Conn {
         }
         match self.check_subscribe(&request.channel) {
             Ok(()) => self.start_subscription(None, request),
-            Err(e) => out.push(protocol::unsubscribed(
-                &request.channel,
-                &format!("{}: {}", e.code, e.message),
-            )),
+            Err(e) => out.push(
+                protocol::unsubscribed(&request.channel, &format!("{}: {}", e.code, e.message))
+                    .into(),
+            ),
         }
     }
 
@@ -259,11 +256,14 @@ impl Conn {
                 self.leave_channel(&channel);
             }
             if let Some(id) = id {
-                out.push(protocol::error(
-                    Some(id),
-                    ErrorCode::NotFound,
-                    "unsubscribed before the subscription completed",
-                ));
+                out.push(
+                    protocol::error(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        "unsubscribed before the subscription completed",
+                    )
+                    .into(),
+                );
             }
             return;
         }
@@ -273,11 +273,11 @@ impl Conn {
                 self.subs.remove(&channel);
                 self.leave_channel(&channel);
                 match id {
-                    Some(id) => out.push(protocol::error(Some(id), e.code, &e.message)),
-                    None => out.push(protocol::unsubscribed(
-                        &channel,
-                        &format!("{}: {}", e.code, e.message),
-                    )),
+                    Some(id) => out.push(protocol::error(Some(id), e.code, &e.message).into()),
+                    None => out.push(
+                        protocol::unsubscribed(&channel, &format!("{}: {}", e.code, e.message))
+                            .into(),
+                    ),
                 }
                 return;
             }
@@ -290,18 +290,21 @@ impl Conn {
                 Metrics::inc(&self.hub.metrics.recovery_failures_total);
             }
         }
-        out.push(match id {
-            Some(id) => {
-                let mut reply = protocol::reply(id)
-                    .u64("offset", page.top.offset)
-                    .str("epoch", &page.top.epoch);
-                if recovering {
-                    reply = reply.bool("recovered", page.recovered);
+        out.push(
+            match id {
+                Some(id) => {
+                    let mut reply = protocol::reply(id)
+                        .u64("offset", page.top.offset)
+                        .str("epoch", &page.top.epoch);
+                    if recovering {
+                        reply = reply.bool("recovered", page.recovered);
+                    }
+                    reply.finish()
                 }
-                reply.finish()
+                None => protocol::subscribed(&channel, page.top.offset, &page.top.epoch, recovered),
             }
-            None => protocol::subscribed(&channel, page.top.offset, &page.top.epoch, recovered),
-        });
+            .into(),
+        );
         if recovering && page.recovered {
             for p in &page.publications {
                 out.push(encode_replayed(p));
@@ -336,12 +339,9 @@ impl Conn {
             }
             Ok(page) => {
                 Metrics::inc(&self.hub.metrics.recovery_failures_total);
-                out.push(protocol::subscribed(
-                    &channel,
-                    page.top.offset,
-                    &page.top.epoch,
-                    false,
-                ));
+                out.push(
+                    protocol::subscribed(&channel, page.top.offset, &page.top.epoch, false).into(),
+                );
                 page.top
             }
             Err(e) => {
@@ -358,12 +358,10 @@ impl Conn {
                         tracing::warn!(%channel, error = %e, "gap repair failed; telling the client recovered:false");
                         Metrics::inc(&self.hub.metrics.recovery_failures_total);
                         let position = StreamPosition::new(offset.saturating_sub(1), epoch);
-                        out.push(protocol::subscribed(
-                            &channel,
-                            position.offset,
-                            &position.epoch,
-                            false,
-                        ));
+                        out.push(
+                            protocol::subscribed(&channel, position.offset, &position.epoch, false)
+                                .into(),
+                        );
                         position
                     }
                     None => {
@@ -439,7 +437,7 @@ fn deliver_live(
 
 fn encode_replayed(p: &scaled_sockets_scaler::Publication) -> Utf8Bytes {
     let data = std::str::from_utf8(&p.payload).unwrap_or("null");
-    protocol::message(&p.channel, data, p.offset, &p.epoch)
+    protocol::message(&p.channel, data, p.offset, &p.epoch).into()
 }
 
 async fn remove_presence(hub: &Hub, channel: &str, client: &str) {

@@ -44,7 +44,7 @@ pub(super) async fn run_feed(
                 };
                 // Encoded once, shared by every local subscriber.
                 let shared = Arc::new(SharedPublication {
-                    frame: protocol::message(&p.channel, data, p.offset, &p.epoch),
+                    frame: protocol::message(&p.channel, data, p.offset, &p.epoch).into(),
                     channel: p.channel.clone(),
                     offset: p.offset,
                     epoch: p.epoch,
