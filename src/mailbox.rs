@@ -31,6 +31,10 @@ use std::{
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+/// A history read's result, shared by every subscriber of the instance that
+/// waited for it.
+pub(crate) type SharedPage = Result<Arc<HistoryPage>, CommandError>;
+
 /// A publication as received from the feed, encoded once for every local
 /// subscriber.
 #[derive(Debug)]
@@ -63,13 +67,13 @@ pub(crate) enum ConnEvent {
         channel: Arc<str>,
         generation: u64,
         recovering: bool,
-        result: Result<HistoryPage, CommandError>,
+        result: SharedPage,
     },
     /// Missing publications were read from history (or could not be).
     Repaired {
         channel: Arc<str>,
         generation: u64,
-        result: Result<HistoryPage, CommandError>,
+        result: SharedPage,
     },
     /// The feed may have missed publications: compare with the stream's top.
     GapCheck {

@@ -265,3 +265,42 @@ async fn one_client_cannot_amplify_its_load() {
     );
     assert_eq!(answer["data"]["truncated"], true);
 }
+
+/// Finding 4: when the history read of a gap repair failed, nothing retried
+/// and no `recovered:false` was sent: on a quiet channel the missed
+/// publication never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_repair_is_retried_on_a_quiet_channel() {
+    let memory = scaled_sockets::MemoryScaler::new();
+    let config = scaled_sockets::Config {
+        // Far away: this test is about the retry, not the periodic check.
+        gap_check_interval: Duration::from_secs(600),
+        ..test_config("quiet")
+    };
+    let srv = TestServer::start(config, Arc::new(memory.clone()), demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    let reply = sub
+        .call(json!({"type":"subscribe","id":1,"channel":"quiet"}))
+        .await;
+    let start = reply["offset"].as_u64().unwrap();
+
+    // The feed drops; one publication is made meanwhile (it never reaches the
+    // feed); the backend is down when the feed resumes, so the gap check and
+    // the repair's history read fail.
+    memory.set_feeds_connected(false);
+    let missed = srv
+        .sockets
+        .publish("quiet", &scaled_sockets::Data::json(&"missed").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(missed.offset, start + 1);
+    memory.set_available(false);
+    memory.set_feeds_connected(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    memory.set_available(true);
+
+    // Nothing else is published: only a retry can deliver it.
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["offset"], missed.offset);
+    assert_eq!(message["data"], "missed");
+}

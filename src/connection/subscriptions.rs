@@ -13,12 +13,13 @@ use super::Conn;
 use crate::{
     error::{CommandError, ErrorCode},
     hub::{Hub, bounded},
-    mailbox::{ConnEvent, Outbound, SharedPublication},
+    mailbox::{ConnEvent, Outbound, SharedPage, SharedPublication},
     metrics::Metrics,
     protocol::{self, SubscriptionRequest},
 };
-use scaled_sockets_scaler::{HistoryPage, HistoryRequest, PresenceEntry, StreamPosition, Topic};
+use scaled_sockets_scaler::{PresenceEntry, StreamPosition, Topic};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -33,6 +34,8 @@ pub(super) struct ChannelSub {
     pub(super) buffer: Option<Box<Vec<Arc<SharedPublication>>>>,
     /// Check for a gap again once the current repair is done.
     pub(super) recheck: bool,
+    /// Failed history reads in a row (for the retry backoff).
+    pub(super) retries: u8,
 }
 
 impl Conn {
@@ -89,6 +92,7 @@ impl Conn {
                 position: None,
                 buffer: Some(Box::default()),
                 recheck: false,
+                retries: 0,
             },
         );
         // A recovery position: offset with its epoch (an offset without an epoch
@@ -123,13 +127,12 @@ impl Conn {
                     instance: hub.id.to_string(),
                 };
                 bounded(timeout, hub.scaler.presence_add(&channel, &entry)).await?;
-                let request = HistoryRequest {
-                    since,
-                    limit: hub.config.recovery_limit,
-                };
-                bounded(timeout, hub.scaler.history(&channel, &request)).await
+                Ok(())
             };
-            let result = bounded(timeout, steps).await.map_err(CommandError::from);
+            let result = match bounded(timeout, steps).await {
+                Ok(()) => hub.read_history(channel.clone(), since).await,
+                Err(e) => Err(CommandError::from(e)),
+            };
             let delivered = handle.push(Outbound::Event(Box::new(ConnEvent::Subscribed {
                 id,
                 channel: channel.clone(),
@@ -217,17 +220,14 @@ impl Conn {
         let generation = sub.generation;
         let hub = self.hub.clone();
         let handle = self.handle.clone();
+        // A retry after a failed read waits first (with backoff and jitter),
+        // so a backend that is down is not hammered.
+        let delay = retry_delay(sub.retries);
         tokio::spawn(async move {
-            let request = HistoryRequest {
-                since: Some(since),
-                limit: hub.config.recovery_limit,
-            };
-            let result = bounded(
-                hub.config.scaler_timeout,
-                hub.scaler.history(&channel, &request),
-            )
-            .await
-            .map_err(CommandError::from);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = hub.read_history(channel.clone(), Some(since)).await;
             handle.push(Outbound::Event(Box::new(ConnEvent::Repaired {
                 channel,
                 generation,
@@ -242,7 +242,7 @@ impl Conn {
         channel: Arc<str>,
         generation: u64,
         recovering: bool,
-        result: Result<HistoryPage, CommandError>,
+        result: SharedPage,
         out: &mut Vec<Utf8Bytes>,
     ) {
         if let Some(id) = id {
@@ -310,14 +310,14 @@ impl Conn {
                 out.push(encode_replayed(p));
             }
         }
-        self.finish_buffering(&channel, page.top, out);
+        self.finish_buffering(&channel, page.top.clone(), out);
     }
 
     pub(super) fn on_repaired(
         &mut self,
         channel: Arc<str>,
         generation: u64,
-        result: Result<HistoryPage, CommandError>,
+        result: SharedPage,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let Some(sub) = self.subs.get_mut(&channel) else {
@@ -329,20 +329,23 @@ impl Conn {
         let Some(from) = sub.position.clone() else {
             return;
         };
+        if result.is_ok() {
+            sub.retries = 0;
+        }
         let position = match result {
             Ok(page) if page.recovered => {
                 Metrics::inc(&self.hub.metrics.recoveries_total);
                 for p in page.publications.iter().filter(|p| p.offset > from.offset) {
                     out.push(encode_replayed(p));
                 }
-                page.top
+                page.top.clone()
             }
             Ok(page) => {
                 Metrics::inc(&self.hub.metrics.recovery_failures_total);
                 out.push(
                     protocol::subscribed(&channel, page.top.offset, &page.top.epoch, false).into(),
                 );
-                page.top
+                page.top.clone()
             }
             Err(e) => {
                 // History is unreachable. If live publications are waiting, the
@@ -365,9 +368,13 @@ impl Conn {
                         position
                     }
                     None => {
-                        // No gap proven yet; the next publication or gap check
-                        // will try again.
-                        sub.recheck = false;
+                        // A gap may be there (a gap check said so) but nothing
+                        // proves it yet: try again, with backoff, until the
+                        // read succeeds. On a quiet channel no publication
+                        // would ever trigger it.
+                        tracing::debug!(%channel, error = %e, "gap repair read failed; retrying");
+                        sub.retries = sub.retries.saturating_add(1);
+                        sub.recheck = true;
                         from
                     }
                 }
@@ -387,8 +394,17 @@ impl Conn {
         let Some(sub) = self.subs.get_mut(channel) else {
             return;
         };
+        let mut buffered = sub.buffer.take().map(|b| *b).unwrap_or_default();
+        // Live publications of another epoch than the one history just gave
+        // can never be delivered in order: keep them and every repair would
+        // buffer them again, forever. Dropped, and one more check tells the
+        // client (`recovered:false`) if the stream has moved to another epoch.
+        let before = buffered.len();
+        buffered.retain(|p| p.epoch == position.epoch);
+        if buffered.len() != before {
+            sub.recheck = true;
+        }
         sub.position = Some(position);
-        let buffered = sub.buffer.take().map(|b| *b).unwrap_or_default();
         let mut gap_at = None;
         for (i, p) in buffered.iter().enumerate() {
             if !deliver_live(sub, p, out) {
@@ -445,4 +461,17 @@ async fn remove_presence(hub: &Hub, channel: &str, client: &str) {
     if let Err(e) = bounded(hub.config.scaler_timeout, remove).await {
         tracing::debug!(error = %e, "presence remove failed; the entry expires with the instance");
     }
+}
+
+/// How long a repair waits after `retries` failed history reads in a row:
+/// none at first, then 200 ms doubling up to 10 s, with full jitter so the
+/// subscribers of a channel do not retry in step.
+fn retry_delay(retries: u8) -> Duration {
+    if retries == 0 {
+        return Duration::ZERO;
+    }
+    let cap = Duration::from_millis(200)
+        .saturating_mul(1 << retries.min(6))
+        .min(Duration::from_secs(10));
+    cap.mul_f64(rand::random_range(0.5..1.0))
 }

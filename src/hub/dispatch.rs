@@ -2,16 +2,15 @@
 //!
 //! A publication arrives once per instance; it is encoded here once and the
 //! same frame is fanned out to every local subscriber. After the feed was
-//! interrupted or overflowed, every subscribed channel is checked against its
-//! stream's top, so a gap is repaired or reported, never silent.
+//! interrupted or overflowed, a gap check ([`super::gaps`]) runs.
 
-use super::{Hub, bounded, lock, peers::PeerMessage};
+use super::{Hub, peers::PeerMessage};
 use crate::{
-    mailbox::{ConnEvent, Mailbox, Outbound, SharedPublication},
+    mailbox::{Outbound, SharedPublication},
     metrics::Metrics,
     protocol,
 };
-use scaled_sockets_scaler::{FeedEvent, PresenceEntry, ScalerExt, StreamPosition, Topic};
+use scaled_sockets_scaler::{FeedEvent, Topic};
 use std::sync::{Arc, Weak, atomic::Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -84,66 +83,10 @@ pub(super) async fn run_feed(
                 } else {
                     tracing::info!("scaler feed resumed; checking channels for gaps");
                 }
-                let restarted = matches!(event, FeedEvent::Resumed);
-                tokio::spawn(check_gaps(hub.clone(), restarted));
+                // A backend that resumed may have restarted empty: presence
+                // entries are written again with the check.
+                hub.request_gap_check(matches!(event, FeedEvent::Resumed));
             }
         }
-    }
-}
-
-/// After the feed may have missed publications: reads each subscribed channel's
-/// top once and lets every local subscriber compare it with what it delivered.
-/// Subscribers behind the top replay from history (or are told
-/// `recovered:false`): a gap is never silent.
-async fn check_gaps(hub: Arc<Hub>, backend_restarted: bool) {
-    for channel in hub.channel_topics() {
-        if backend_restarted {
-            // A backend that restarted empty lost our presence entries: write
-            // them again (idempotent when it kept them).
-            let members: Vec<Arc<Mailbox>> = lock(&hub.topics)
-                .get(&Topic::Channel(channel.clone()))
-                .map(|e| e.members.values().cloned().collect())
-                .unwrap_or_default();
-            for conn in members {
-                let entry = PresenceEntry {
-                    client: conn.client.to_string(),
-                    user: conn.user.as_deref().map(str::to_owned),
-                    instance: hub.id.to_string(),
-                };
-                let add = hub.scaler.presence_add(&channel, &entry);
-                if let Err(e) = bounded(hub.config.scaler_timeout, add).await {
-                    tracing::warn!(%channel, error = %e, "could not restore presence");
-                    break;
-                }
-                // Left meanwhile? Then take the entry back out.
-                let still = lock(&hub.topics)
-                    .get(&Topic::Channel(channel.clone()))
-                    .is_some_and(|e| e.members.contains_key(&conn.key));
-                if !still {
-                    let _ = bounded(
-                        hub.config.scaler_timeout,
-                        hub.scaler.presence_remove(&channel, &conn.client),
-                    )
-                    .await;
-                }
-            }
-        }
-        let top = bounded(hub.config.scaler_timeout, hub.scaler.stream_top(&channel)).await;
-        let top = match top {
-            Ok(top) => top,
-            Err(e) => {
-                // Without a top we cannot tell who missed what: check from each
-                // subscriber's own position instead.
-                tracing::warn!(%channel, error = %e, "gap check could not read the stream top");
-                StreamPosition::new(u64::MAX, "")
-            }
-        };
-        let topic = Topic::Channel(channel.clone());
-        hub.fan_out(&topic, || {
-            Outbound::Event(Box::new(ConnEvent::GapCheck {
-                channel: channel.clone(),
-                top: top.clone(),
-            }))
-        });
     }
 }

@@ -7,7 +7,10 @@
 //! - [`interest`]: local members per topic, the one backend subscription per
 //!   topic, and fan-out of a frame to every local member.
 //! - [`dispatch`]: reads the scaler feed; publications are encoded once and
-//!   fanned out; after an interruption every channel is checked for gaps.
+//!   fanned out.
+//! - [`gaps`]: coalesced checks of every subscribed channel against its
+//!   stream's top, after an interruption and periodically.
+//! - [`recovery`]: history reads shared by the connections of the instance.
 //! - [`peers`]: messages between instances (routed tells, asks and their
 //!   replies, server-side subscribe, disconnect).
 //! - [`registry`]: this instance's heartbeat in the scaler's registry and a
@@ -21,9 +24,11 @@
 //! rather than staying there as a ghost instance).
 
 mod dispatch;
+mod gaps;
 mod interest;
 mod liveness;
 mod peers;
+mod recovery;
 mod registry;
 
 use crate::{
@@ -49,7 +54,9 @@ use std::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use gaps::GapChecks;
 pub(crate) use peers::{PeerMessage, RemoteAsks};
+use recovery::HistoryReads;
 
 /// One instance: its connections, their interest in topics, and its link to
 /// the cluster through the scaler.
@@ -65,6 +72,8 @@ pub(crate) struct Hub {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     remote_asks: RemoteAsks,
+    gap_checks: GapChecks,
+    history_reads: HistoryReads,
     next_id: AtomicU64,
     draining: AtomicBool,
     shutdown: CancellationToken,
@@ -138,6 +147,8 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
+            gap_checks: GapChecks::default(),
+            history_reads: HistoryReads::default(),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
@@ -155,6 +166,7 @@ impl Hub {
         ));
         *lock(&hub.heartbeat) = Some(tokio::spawn(registry::run_heartbeat(hub.clone())));
         tokio::spawn(liveness::run_pinger(hub.clone()));
+        tokio::spawn(gaps::run_periodic_checks(hub.clone()));
         Ok((hub.clone(), ShutdownGuard(hub.shutdown.clone())))
     }
 
