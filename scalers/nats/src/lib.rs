@@ -102,6 +102,8 @@ pub mod conn;
 pub mod errors;
 pub mod feed;
 pub mod history;
+mod kv;
+mod leases;
 pub mod names;
 pub mod records;
 pub mod scaler;

@@ -36,6 +36,8 @@ use std::{collections::HashMap, time::Duration};
 
 /// Header holding a record's TTL in milliseconds.
 pub const TTL_HEADER: &str = "Ss-Ttl-Ms";
+/// Header holding a key-value record's fence (see `PutMode::Fenced`).
+pub const FENCE_HEADER: &str = "Ss-Fence";
 const KV_OPERATION: &str = "KV-Operation";
 /// How long a fetch from an ephemeral consumer may stay silent before the
 /// messages are taken to be all there is.
@@ -54,6 +56,8 @@ pub struct Record {
     pub deleted: bool,
     /// True when its TTL has passed.
     pub expired: bool,
+    /// The fence stored with it (0: none).
+    pub fence: u64,
 }
 
 impl Record {
@@ -76,6 +80,13 @@ pub fn ttl_expired(headers: Option<&HeaderMap>, time: DateTime) -> bool {
         Ok(expires) => expires <= datetime::now(),
         Err(_) => false,
     }
+}
+
+fn fence_of(headers: Option<&HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(FENCE_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 fn is_delete(headers: Option<&HeaderMap>) -> bool {
@@ -181,6 +192,7 @@ impl Bucket {
                 revision: msg.sequence,
                 deleted: is_delete(Some(&msg.headers)),
                 expired: ttl_expired(Some(&msg.headers), msg.time),
+                fence: fence_of(Some(&msg.headers)),
                 value: msg.payload,
             })),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -197,7 +209,7 @@ impl Bucket {
     pub async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<u64> {
         self.write(key, self.ttl_headers(ttl), value)
             .await?
-            .ok_or_else(|| ScalerError::Backend("unconditional write was refused".into()))
+            .ok_or_else(|| ScalerError::backend("unconditional write was refused"))
     }
 
     /// Writes `value` at `key` if its revision is still `revision` (0: if there is
@@ -214,6 +226,26 @@ impl Bucket {
             header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             HeaderValue::from(revision),
         );
+        self.write(key, headers, value).await
+    }
+
+    /// [`Bucket::put_if`] storing a fence with the record.
+    pub async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        revision: u64,
+        fence: u64,
+    ) -> Result<Option<u64>> {
+        let mut headers = self.ttl_headers(ttl);
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(revision),
+        );
+        if fence > 0 {
+            headers.insert(FENCE_HEADER, HeaderValue::from(fence));
+        }
         self.write(key, headers, value).await
     }
 
@@ -260,15 +292,24 @@ impl Bucket {
         let key = key.to_owned();
         tokio::spawn(async move {
             if let Ok(Some(tombstone)) = bucket.delete_if(&key, revision).await {
-                // Purge the tombstone and what it deleted, nothing written after it.
-                let _ = bucket
-                    .stream
-                    .purge()
-                    .filter(bucket.subject(&key))
-                    .sequence(tombstone + 1)
-                    .await;
+                bucket.purge_through(&key, tombstone).await;
             }
         });
+    }
+
+    /// Purges `key`'s messages up to and including `tombstone` (a delete marker),
+    /// nothing written after it. Revisions still only grow: they are stream
+    /// sequences, which a purge does not reset.
+    pub async fn purge_through(&self, key: &str, tombstone: u64) {
+        if let Err(err) = self
+            .stream
+            .purge()
+            .filter(self.subject(key))
+            .sequence(tombstone + 1)
+            .await
+        {
+            tracing::debug!(%err, "purging a delete marker failed (harmless)");
+        }
     }
 
     /// The latest record of every key matching `pattern` (a subject pattern over
@@ -326,6 +367,7 @@ impl Bucket {
                         revision,
                         deleted: false,
                         expired: ttl_expired(headers, published),
+                        fence: fence_of(headers),
                         value: msg.payload.clone(),
                     });
                     latest.insert(key.to_owned(), (revision, record));
