@@ -93,12 +93,15 @@
 //! - [`feed`]: feeds: per-topic core subscriptions and the forwarding task.
 //! - [`conn`]: connection events to feed state (`Interrupted`/`Resumed`).
 //! - [`records`]: the key-value layer with per-record TTLs and compare-and-set.
+//! - `leases`, `kv`: fenced leases and the versioned key-value family on it.
+//! - [`consume`]: reading many messages through a short-lived consumer.
 //! - [`streams`]: creating, checking and re-creating the streams.
 //! - [`names`]: subject, stream, bucket and key names; the token encoding.
 //! - [`errors`]: async-nats errors to [`scaled_sockets_scaler::ScalerError`].
 
 pub mod config;
 pub mod conn;
+pub mod consume;
 pub mod errors;
 pub mod feed;
 pub mod history;

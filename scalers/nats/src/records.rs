@@ -17,20 +17,22 @@
 //! - **removal without tombstones** where no compare-and-set is needed (a subject
 //!   purge), so keys that come and go (presence) leave nothing behind.
 
-use crate::errors::{classify, to_scaler};
+use crate::{
+    consume::{Next, read_all},
+    errors::{classify, to_scaler},
+};
 use async_nats::{
     HeaderMap, HeaderValue,
     datetime::{self, DateTime},
     header,
     jetstream::{
         Context,
-        consumer::{AckPolicy, DeliverPolicy, pull},
+        consumer::DeliverPolicy,
         context::PublishErrorKind,
         stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType, Stream},
     },
 };
 use bytes::Bytes;
-use futures_util::StreamExt;
 use scaled_sockets_scaler::{Result, ScalerError};
 use std::{collections::HashMap, time::Duration};
 
@@ -39,9 +41,6 @@ pub const TTL_HEADER: &str = "Ss-Ttl-Ms";
 /// Header holding a key-value record's fence (see `PutMode::Fenced`).
 pub const FENCE_HEADER: &str = "Ss-Fence";
 const KV_OPERATION: &str = "KV-Operation";
-/// How long a fetch from an ephemeral consumer may stay silent before the
-/// messages are taken to be all there is.
-pub const FETCH_IDLE: Duration = Duration::from_millis(500);
 
 /// One record as last written.
 #[derive(Clone, Debug)]
@@ -316,73 +315,35 @@ impl Bucket {
     /// keys, e.g. `>` or `abc.*`), deleted ones left out, expired ones flagged.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<Record>> {
         let prefix = format!("$KV.{}.", self.name);
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                filter_subject: format!("{prefix}{pattern}"),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(to_scaler("list records", self.timeout))?;
-        let name = consumer.cached_info().name.clone();
-        let mut pending = consumer.cached_info().num_pending;
         // Per key, its last write seen (None: deleted). The consumer also
         // delivers writes made while the scan runs, so a key can come twice.
         let mut latest: HashMap<String, (u64, Option<Record>)> = HashMap::new();
-        let result: Result<()> = async {
-            while pending > 0 {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(pending.min(1000) as usize)
-                    .messages()
-                    .await
-                    .map_err(to_scaler("list records", self.timeout))?;
-                let mut got = 0;
-                // A message counted in `pending` may be purged before it is
-                // fetched; the server then keeps the request waiting. Stop after
-                // a short silence instead of waiting for it.
-                while let Ok(Some(msg)) = tokio::time::timeout(FETCH_IDLE, batch.next()).await {
-                    let msg = msg.map_err(|e| classify("list records", &*e, self.timeout))?;
-                    got += 1;
-                    let info = msg
-                        .info()
-                        .map_err(|e| classify("list records", &*e, self.timeout))?;
-                    pending = info.pending;
-                    let published = info.published;
-                    let headers = msg.headers.as_ref();
-                    let Some(key) = msg.subject.as_str().strip_prefix(&prefix) else {
-                        continue;
-                    };
-                    let revision = info.stream_sequence;
-                    if latest.get(key).is_some_and(|(seen, _)| *seen > revision) {
-                        continue;
-                    }
-                    let record = (!is_delete(headers)).then(|| Record {
-                        key: key.to_owned(),
-                        revision,
-                        deleted: false,
-                        expired: ttl_expired(headers, published),
-                        fence: fence_of(headers),
-                        value: msg.payload.clone(),
-                    });
-                    latest.insert(key.to_owned(), (revision, record));
+        let result = read_all(
+            &self.stream,
+            format!("{prefix}{pattern}"),
+            DeliverPolicy::LastPerSubject,
+            "list records",
+            self.timeout,
+            |m| {
+                let Some(key) = m.subject.strip_prefix(&prefix) else {
+                    return Ok(Next::More);
+                };
+                if latest.get(key).is_some_and(|(seen, _)| *seen > m.seq) {
+                    return Ok(Next::More);
                 }
-                if got == 0 {
-                    break;
-                }
-            }
-            Ok(())
-        }
+                let record = (!is_delete(m.headers)).then(|| Record {
+                    key: key.to_owned(),
+                    revision: m.seq,
+                    deleted: false,
+                    expired: ttl_expired(m.headers, m.published),
+                    fence: fence_of(m.headers),
+                    value: m.payload.clone(),
+                });
+                latest.insert(key.to_owned(), (m.seq, record));
+                Ok(Next::More)
+            },
+        )
         .await;
-        let stream = self.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
         result.map(|()| {
             let mut records: Vec<Record> = latest.into_values().filter_map(|(_, r)| r).collect();
             records.sort_by_key(|r| r.revision);

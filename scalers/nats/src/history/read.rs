@@ -4,16 +4,12 @@
 
 use super::{History, head::Head};
 use crate::{
-    errors::{classify, to_scaler},
-    records::FETCH_IDLE,
+    consume::{Next, read_all},
+    errors::classify,
 };
-use async_nats::jetstream::{
-    consumer::{AckPolicy, DeliverPolicy, pull},
-    stream::LastRawMessageErrorKind,
-};
-use futures_util::StreamExt;
+use async_nats::jetstream::{consumer::DeliverPolicy, stream::LastRawMessageErrorKind};
 use scaled_sockets_scaler::{Publication, Result};
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 impl History {
     pub(super) async fn read_head(&self, subject: &str) -> Result<Option<Head>> {
@@ -76,76 +72,38 @@ impl History {
         head: &Head,
         from: u64,
     ) -> Result<Option<Vec<Publication>>> {
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: head.epoch_seq.max(1),
-                },
-                filter_subject: subject.to_owned(),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(to_scaler("read history", self.timeout))?;
-        let name = consumer.cached_info().name.clone();
-        let mut pending = consumer.cached_info().num_pending;
         let mut out: Vec<Publication> = Vec::new();
-        let result: Result<bool> = async {
-            'outer: while pending > 0 {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(pending.min(1000) as usize)
-                    .messages()
-                    .await
-                    .map_err(to_scaler("read history", self.timeout))?;
-                let mut got = 0;
-                // A message counted in `pending` may be purged before it is
-                // fetched; the server then keeps the request waiting. Stop after
-                // a short silence instead of waiting for it.
-                while let Ok(Some(msg)) = tokio::time::timeout(FETCH_IDLE, batch.next()).await {
-                    let msg = msg.map_err(|e| classify("read history", &*e, self.timeout))?;
-                    got += 1;
-                    let info = msg
-                        .info()
-                        .map_err(|e| classify("read history", &*e, self.timeout))?;
-                    pending = info.pending;
-                    let seq = info.stream_sequence;
-                    if seq > head.seq {
-                        break 'outer;
-                    }
-                    let h = Head::parse(
-                        seq,
-                        msg.headers.as_ref(),
-                        info.published,
-                        msg.payload.clone(),
-                    );
-                    if h.epoch != head.epoch || h.offset < from {
-                        continue;
-                    }
-                    if h.offset != from + out.len() as u64 {
-                        return Ok(false);
-                    }
-                    out.push(h.publication(channel));
-                    if seq == head.seq {
-                        break 'outer;
-                    }
+        let mut gap = false;
+        read_all(
+            &self.stream,
+            subject.to_owned(),
+            DeliverPolicy::ByStartSequence {
+                start_sequence: head.epoch_seq.max(1),
+            },
+            "read history",
+            self.timeout,
+            |m| {
+                if m.seq > head.seq {
+                    return Ok(Next::Stop);
                 }
-                if got == 0 {
-                    break;
+                let h = Head::parse(m.seq, m.headers, m.published, m.payload.clone());
+                if h.epoch != head.epoch || h.offset < from {
+                    return Ok(Next::More);
                 }
-            }
-            Ok(true)
-        }
-        .await;
-        let stream = self.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
-        let complete = result?
+                if h.offset != from + out.len() as u64 {
+                    gap = true;
+                    return Ok(Next::Stop);
+                }
+                out.push(h.publication(channel));
+                Ok(if m.seq == head.seq {
+                    Next::Stop
+                } else {
+                    Next::More
+                })
+            },
+        )
+        .await?;
+        let complete = !gap
             && out.first().is_some_and(|p| p.offset == from)
             && out.last().is_some_and(|p| p.offset == head.offset);
         Ok(complete.then_some(out))
