@@ -145,6 +145,7 @@ pub async fn run_all(backend: &dyn TestBackend) {
     lease_exclusive_under_contention(backend).await;
     fencing_tokens_only_grow(backend).await;
     presence_follows_instances(backend).await;
+    presence_swept_when_instance_leaves(backend).await;
     kv_revisions_and_conditions(backend).await;
     kv_create_has_one_winner(backend).await;
     kv_fenced_refuses_stale_tokens(backend).await;
@@ -178,6 +179,7 @@ macro_rules! conformance_tests {
             lease_exclusive_under_contention,
             fencing_tokens_only_grow,
             presence_follows_instances,
+            presence_swept_when_instance_leaves,
             kv_revisions_and_conditions,
             kv_create_has_one_winner,
             kv_fenced_refuses_stale_tokens,

@@ -82,3 +82,49 @@ pub async fn presence_follows_instances(backend: &dyn TestBackend) {
             .is_empty()
     );
 }
+
+/// Presence entries do not outlive their instance: when it unregisters, or its
+/// registration expires and the registry is next read, its entries are deleted
+/// (not merely hidden), so registering the same id again brings none back.
+pub async fn presence_swept_when_instance_leaves(backend: &dyn TestBackend) {
+    let s = backend.connect().await;
+    let channel = unique("swept");
+    let left = unique("inst-left");
+    let crashed = unique("inst-crashed");
+    let stays = unique("inst-stays");
+    register(s.as_ref(), &left).await;
+    register(s.as_ref(), &stays).await;
+    s.register_instance(
+        &InstanceInfo {
+            id: crashed.clone(),
+            ..InstanceInfo::default()
+        },
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("register crashed");
+    let entry = |client: &str, instance: &str| PresenceEntry {
+        client: client.into(),
+        user: None,
+        instance: instance.into(),
+    };
+    for (client, instance) in [("c1", &left), ("c2", &crashed), ("c3", &stays)] {
+        s.presence_add(&channel, &entry(client, instance))
+            .await
+            .expect("add");
+    }
+    s.unregister_instance(&left).await.expect("unregister");
+    sleep(Duration::from_millis(2500)).await;
+    // Reading the registry notices the expired registration.
+    let live = s.instances().await.expect("instances");
+    assert!(!live.iter().any(|i| i.id == crashed), "crashed expired");
+    // Backends may sweep in the background: allow them a moment.
+    sleep(Duration::from_millis(1000)).await;
+    register(s.as_ref(), &left).await;
+    register(s.as_ref(), &crashed).await;
+    assert_eq!(
+        s.presence(&channel).await.expect("presence"),
+        vec![entry("c3", &stays)],
+        "entries of instances that left are deleted, not only hidden"
+    );
+}

@@ -26,7 +26,8 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 /// The NATS scaler: one core NATS connection for pub/sub, JetStream for channel
-/// history and key-value buckets for the registry, leases, presence and sessions.
+/// history and key-value buckets for the registry, leases, presence and the
+/// key-value family.
 ///
 /// Cheap to clone; clones share the connection. See the crate docs for the
 /// layout and guarantees.
@@ -52,7 +53,7 @@ pub(crate) struct Inner {
     history: History,
     instances: Bucket,
     pub(crate) leases: Bucket,
-    presence: Bucket,
+    pub(crate) presence: Bucket,
     pub(crate) kv: Bucket,
     state: watch::Receiver<ConnState>,
     /// When streams were last checked after an error suggested one is missing.
@@ -256,17 +257,20 @@ impl NatsScaler {
     async fn list_instances(&self) -> Result<Vec<InstanceInfo>> {
         let records = self.inner.instances.scan(">").await?;
         let mut out = Vec::with_capacity(records.len());
+        let mut gone = Vec::new();
         for record in records {
             if record.expired {
                 self.inner
                     .instances
                     .remove_later_if(&record.key, record.revision);
+                gone.extend(crate::names::decode_token(&record.key));
                 continue;
             }
             if let Some(info) = decode_instance(&record) {
                 out.push(info);
             }
         }
+        self.sweep_presence_later(gone);
         Ok(out)
     }
 }
@@ -374,7 +378,9 @@ impl Scaler for NatsScaler {
     async fn unregister_instance(&self, id: &str) -> Result<()> {
         check_name(id, "instance id")?;
         self.call(self.inner.instances.remove(&encode_token(id)))
-            .await
+            .await?;
+        self.sweep_presence_later(vec![id.to_owned()]);
+        Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {

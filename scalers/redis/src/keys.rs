@@ -108,6 +108,12 @@ impl Keys {
         format!("{}:{{registry}}:index", self.prefix)
     }
 
+    /// Set of the channels an instance added presence entries to (no TTL; deleted
+    /// by the sweep when the instance leaves the registry).
+    pub(crate) fn instance_presence(&self, id: &str) -> String {
+        format!("{}:ipres:{{{}}}", self.prefix, escape_tag(id))
+    }
+
     /// What lease keys start with (the lease key follows).
     pub(crate) fn lease_key_prefix(&self) -> String {
         format!("{}:{{lease}}:k:", self.prefix)

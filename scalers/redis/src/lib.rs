@@ -25,7 +25,8 @@
 //! |---|---|---|
 //! | `{prefix}:ch:{<tag>}:meta` | hash | `e` = epoch, `o` = latest offset; TTL = history TTL |
 //! | `{prefix}:ch:{<tag>}:stream` | stream | history: entry id `<offset>-0`, field `d` = payload; `MAXLEN` = history size; TTL = history TTL |
-//! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"u":user,"i":instance}` |
+//! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"c":client,"u":user,"i":instance}` |
+//! | `{prefix}:ipres:{<tag>}` | set | channels an instance added presence entries to |
 //! | `{prefix}:ch:{<tag>}:pub` | pub/sub | publications: `<offset>:<epoch>:<payload>` |
 //! | `{prefix}:user:{<tag>}:pub`, `:sess:`, `:inst:` | pub/sub | raw payloads sent to a user, session, instance |
 //! | `{prefix}:probe:{<feed id>}` | pub/sub | a feed's liveness probes |
@@ -87,7 +88,9 @@
 //!   `kv_list` answers by lex range on the name index, at most
 //!   [`KV_LIST_LIMIT`](scaled_sockets_scaler::KV_LIST_LIMIT) entries.
 //! - **Presence** entries of instances that left the registry are not returned
-//!   and are deleted lazily by the read that finds them.
+//!   and are deleted: by the read that finds them, and by a background sweep of
+//!   the instance's channels when it unregisters or when `instances()` finds its
+//!   registration expired (each expired id is reported to one caller).
 //!
 //! Commands run on a few multiplexed connections ([`RedisConfig::pool_size`]):
 //! concurrent calls are pipelined on them, never one round trip per message.
@@ -101,6 +104,7 @@
 //!   queue capacity, subscribe batch, reconnect backoff).
 //! - `scaler`: [`RedisScaler`], the `Scaler` implementation.
 //! - `leases`: fenced leases.
+//! - `presence`: presence entries and their sweep.
 //! - `kv`: the versioned key-value family.
 //! - `feed`: the subscriber connection, its reader task, the probe and the
 //!   reconnect loop.
@@ -123,6 +127,7 @@ mod keys;
 mod kv;
 mod leases;
 mod pool;
+mod presence;
 mod scaler;
 mod scripts;
 mod stats;

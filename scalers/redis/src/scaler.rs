@@ -19,11 +19,7 @@ use scaled_sockets_scaler::{
     records,
     types::new_epoch,
 };
-use std::{
-    collections::{BTreeSet, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 /// The Redis scaler. Cheap to clone; clones share connections and counters.
 ///
@@ -271,7 +267,9 @@ impl Scaler for RedisScaler {
         call.key(keys.instance(id))
             .key(keys.instance_index())
             .arg(id);
-        self.pool().script::<i64>(&call).await.map(drop)
+        self.pool().script::<i64>(&call).await?;
+        self.sweep_presence_later(vec![id.to_owned()]);
+        Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
@@ -279,7 +277,8 @@ impl Scaler for RedisScaler {
         let mut call = scripts::INSTANCES.prepare_invoke();
         call.key(keys.instance_index())
             .arg(keys.instance_key_prefix());
-        let raw: Vec<Vec<u8>> = self.pool().script(&call).await?;
+        let (raw, gone): (Vec<Vec<u8>>, Vec<String>) = self.pool().script(&call).await?;
+        self.sweep_presence_later(gone);
         Ok(raw
             .iter()
             .filter_map(|r| {
@@ -313,70 +312,15 @@ impl Scaler for RedisScaler {
     }
 
     async fn presence_add(&self, channel: &str, entry: &PresenceEntry) -> Result<()> {
-        check_channel(channel)?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.keys().channel_presence(channel))
-            .arg(&entry.client)
-            .arg(records::encode_presence(entry));
-        self.pool().query::<i64>(&cmd).await.map(drop)
+        self.presence_put(channel, entry).await
     }
 
     async fn presence_remove(&self, channel: &str, client: &str) -> Result<()> {
-        check_channel(channel)?;
-        let mut cmd = redis::cmd("HDEL");
-        cmd.arg(self.keys().channel_presence(channel)).arg(client);
-        self.pool().query::<i64>(&cmd).await.map(drop)
+        self.presence_delete(channel, client).await
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>> {
-        check_channel(channel)?;
-        let keys = self.keys();
-        let hash = keys.channel_presence(channel);
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&hash);
-        let raw: Vec<(String, Vec<u8>)> = self.pool().query(&cmd).await?;
-        if raw.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut entries = Vec::with_capacity(raw.len());
-        let mut corrupt = Vec::new();
-        for (client, value) in raw {
-            match records::decode_presence(Some(&client), &value) {
-                Some(entry) => entries.push(entry),
-                None => corrupt.push(client),
-            }
-        }
-        // Which of the instances named are registered (one round trip; the
-        // registry keys share one slot).
-        let instances: Vec<&str> = entries
-            .iter()
-            .map(|e| e.instance.as_str())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut pipe = redis::pipe();
-        for id in &instances {
-            pipe.cmd("EXISTS").arg(keys.instance(id));
-        }
-        let exists: Vec<i64> = self.pool().pipe(&pipe).await?;
-        let live: HashSet<String> = instances
-            .iter()
-            .zip(&exists)
-            .filter(|(_, e)| **e > 0)
-            .map(|(id, _)| (*id).to_owned())
-            .collect();
-        let (kept, dead) = records::split_live(entries, &live);
-        let mut stale = corrupt;
-        stale.extend(dead);
-        if !stale.is_empty() {
-            // Lazy cleanup of entries whose instance left; failure only delays it.
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(&hash).arg(&stale);
-            if let Err(e) = self.pool().query::<i64>(&cmd).await {
-                tracing::debug!(error = %e, "presence cleanup failed");
-            }
-        }
-        Ok(kept)
+        self.presence_list(channel).await
     }
 
     async fn kv_get(&self, key: &str) -> Result<Option<Versioned>> {

@@ -122,13 +122,19 @@ return 1
 /// Lists live instances, dropping index entries whose key expired.
 ///
 /// KEYS: 1 registry index. ARGV: 1 instance key prefix.
-/// Returns the JSON of each live instance. The instance keys are computed from
-/// the index; they share the index's `{registry}` hash tag, so they are in its
-/// slot.
+/// Returns `{{json...}, {gone id...}}`: the JSON of each live instance, and the
+/// ids this call found gone (expired), whose presence entries the caller then
+/// sweeps. An id is reported gone by exactly one call. The instance keys are
+/// computed from the index; they share the index's `{registry}` hash tag, so
+/// they are in its slot.
 pub(crate) static INSTANCES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_MS}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+local gone = {{}}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
+  redis.call('ZREM', KEYS[1], id)
+  gone[#gone + 1] = id
+end
 local out = {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local v = redis.call('GET', ARGV[1] .. id)
@@ -136,11 +142,32 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     out[#out + 1] = v
   else
     redis.call('ZREM', KEYS[1], id)
+    gone[#gone + 1] = id
   end
 end
-return out
+return {{out, gone}}
 "
     ))
+});
+
+/// Deletes a channel's presence entries of one instance.
+///
+/// KEYS: 1 presence hash. ARGV: 1 instance id. Returns how many were deleted.
+pub(crate) static PRESENCE_SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, e = pcall(cjson.decode, all[i + 1])
+  if ok and type(e) == 'table' and (e['i'] == ARGV[1] or e['instance'] == ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    n = n + 1
+  end
+end
+return n
+",
+    )
 });
 
 /// Takes a lease if free (with a new fencing token), renews it if the caller

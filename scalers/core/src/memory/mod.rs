@@ -311,17 +311,19 @@ impl Scaler for MemoryScaler {
     }
 
     async fn unregister_instance(&self, id: &str) -> Result<()> {
-        self.lock()?.instances.remove(id);
+        let mut state = self.lock()?;
+        state.instances.remove(id);
+        state.forget_presence_of(&HashSet::from([id]));
         Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
         let now = Instant::now();
-        Ok(self
-            .lock()?
+        let mut state = self.lock()?;
+        state.forget_expired_instances(now);
+        Ok(state
             .instances
             .values()
-            .filter(|(_, exp)| *exp > now)
             .map(|(info, _)| info.clone())
             .collect())
     }

@@ -111,12 +111,32 @@ impl State {
         }
         self.next_sweep = Some(now + Duration::from_secs(5));
         self.streams.retain(|_, s| s.expires_at > now);
-        self.instances.retain(|_, (_, exp)| *exp > now);
         self.leases.retain(|_, l| l.expires_at > now);
         self.kv.retain(|_, e| e.live(now));
-        let live: HashSet<&String> = self.instances.keys().collect();
+        self.forget_expired_instances(now);
+    }
+
+    /// Drops expired registrations and the presence entries of their instances.
+    pub(super) fn forget_expired_instances(&mut self, now: Instant) {
+        let gone: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            self.instances.remove(id);
+        }
+        self.forget_presence_of(&gone.iter().map(String::as_str).collect());
+    }
+
+    /// Deletes every presence entry of these instances.
+    pub(super) fn forget_presence_of(&mut self, instances: &HashSet<&str>) {
         self.presence.retain(|_, entries| {
-            entries.retain(|_, e| live.contains(&e.instance));
+            entries.retain(|_, e| !instances.contains(e.instance.as_str()));
             !entries.is_empty()
         });
     }
