@@ -1,8 +1,8 @@
 //! The [`Scaler`] trait and its convenience extension [`ScalerExt`].
 
 use crate::{
-    Capabilities, Feed, HistoryPage, HistoryRequest, InstanceInfo, LeaseOutcome, PresenceEntry,
-    PublishOptions, Result, StreamPosition, Topic,
+    Capabilities, Feed, HistoryPage, HistoryRequest, InstanceInfo, Lease, LeaseOutcome,
+    PresenceEntry, PublishOptions, PutMode, PutOptions, Result, StreamPosition, Topic, Versioned,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +14,12 @@ use std::time::Duration;
 ///
 /// Every method is bounded in time: a backend that does not answer yields
 /// [`crate::ScalerError::Timeout`] or [`crate::ScalerError::Unavailable`], never a
-/// hang. No method panics on backend errors.
+/// hang (wrap any scaler in [`crate::TimeoutScaler`] to enforce one bound on top).
+/// No method panics on backend errors.
+///
+/// The trait is object-safe and small on purpose: variants of one operation are
+/// options and modes ([`PutOptions`], [`HistoryRequest`]), not extra methods, and
+/// conveniences live in [`ScalerExt`].
 ///
 /// The contract of each method is pinned down by the conformance suite in
 /// `scaled-sockets-conformance`; a new backend runs it with one line.
@@ -53,8 +58,8 @@ pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()>;
 
     /// Reads a channel's position and, with `since`, the publications after it.
-    /// Creates the stream's epoch if the channel has none yet, so the epoch a
-    /// subscriber is given is the one later publications carry.
+    /// Creates the stream's epoch (kept for `request.ttl`) if the channel has none
+    /// yet, so the epoch a subscriber is given is the one later publications carry.
     async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage>;
 
     // ----- instance registry -----------------------------------------------------
@@ -71,21 +76,28 @@ pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
 
     // ----- leases (cores) ---------------------------------------------------------
 
-    /// Takes `key` for `owner` for `ttl` if nobody else holds it; if `owner` already
-    /// holds it, renews it. Exactly one of many contending owners wins.
+    /// Takes `key` for `owner` for `ttl` if nobody holds it, with a new fencing
+    /// token larger than any token of `key` before (whoever held it, released or
+    /// expired). If `owner` already holds it, renews the TTL and keeps its token.
+    /// Exactly one of many contending owners wins; the others get
+    /// [`LeaseOutcome::HeldBy`].
     async fn acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<LeaseOutcome>;
 
-    /// Extends a lease `owner` holds; false if it is not (or no longer) the owner.
-    async fn renew_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool>;
+    /// Extends the lease `owner` holds with `token` to `ttl` from now; false when
+    /// the lease is not (or no longer) held by `owner` with that token: a stale
+    /// holder, whose lease expired and was taken since, is refused even if it
+    /// uses the same owner name again.
+    async fn renew_lease(&self, key: &str, owner: &str, token: u64, ttl: Duration) -> Result<bool>;
 
-    /// Gives up a lease `owner` holds; false if it was not the owner.
-    async fn release_lease(&self, key: &str, owner: &str) -> Result<bool>;
+    /// Gives up the lease `owner` holds with `token`; false when it does not
+    /// (stale token, other owner, expired).
+    async fn release_lease(&self, key: &str, owner: &str, token: u64) -> Result<bool>;
 
-    /// Current owner of a lease, if any.
-    async fn lease_owner(&self, key: &str) -> Result<Option<String>>;
+    /// The live lease on `key`, if any.
+    async fn lease(&self, key: &str) -> Result<Option<Lease>>;
 
-    /// Every live lease whose key starts with `prefix`, as `(key, owner)`.
-    async fn leases(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+    /// Every live lease whose key starts with `prefix`, sorted by key.
+    async fn leases(&self, prefix: &str) -> Result<Vec<(String, Lease)>>;
 
     // ----- presence ---------------------------------------------------------------
 
@@ -96,20 +108,35 @@ pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
     async fn presence_remove(&self, channel: &str, client: &str) -> Result<()>;
 
     /// Who is subscribed to a channel, on any live instance. Entries of instances
-    /// that left the registry are not returned (and may be cleaned up lazily).
+    /// that left the registry are not returned (and are deleted by the read that
+    /// finds them).
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>>;
 
-    // ----- sessions ---------------------------------------------------------------
+    // ----- versioned key-value -----------------------------------------------------
 
-    /// Stores a session record, replacing any previous one, for `ttl`.
-    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()>;
+    /// The live value at `key` with its revision; `None` when absent or expired.
+    async fn kv_get(&self, key: &str) -> Result<Option<Versioned>>;
 
-    /// Reads a session record, `None` when absent or expired.
-    async fn session_get(&self, id: &str) -> Result<Option<Bytes>>;
+    /// Writes `value` at `key` if `options.mode` holds (else
+    /// [`crate::ScalerError::Conflict`], nothing written) and returns the new
+    /// revision, larger than any revision `key` had before. Replaces the TTL with
+    /// `options.ttl`. Concurrent conditional puts on one key are decided
+    /// atomically: of many [`PutMode::Create`] puts exactly one wins.
+    async fn kv_put(&self, key: &str, value: Bytes, options: &PutOptions) -> Result<u64>;
 
-    /// Deletes a session record.
-    async fn session_delete(&self, id: &str) -> Result<()>;
+    /// Deletes `key` if `mode` holds ([`PutMode::Create`] is refused as
+    /// `InvalidArgument`); true when a live value was deleted. A fenced delete
+    /// of an absent key succeeds with false.
+    async fn kv_delete(&self, key: &str, mode: PutMode) -> Result<bool>;
+
+    /// The live entries whose key starts with `prefix`, sorted by key, at most
+    /// [`crate::types::KV_LIST_LIMIT`] (the first ones).
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>>;
 }
+
+/// Where [`ScalerExt`]'s session helpers keep session records in the key-value
+/// family: `session/<id>`.
+pub const SESSION_PREFIX: &str = "session/";
 
 /// Conveniences built on [`Scaler`], available on every scaler (including
 /// `dyn Scaler`).
@@ -132,9 +159,37 @@ pub trait ScalerExt: Scaler {
             &HistoryRequest {
                 since: Some(since),
                 limit,
+                ..HistoryRequest::default()
             },
         )
         .await
+    }
+
+    /// Stores a session record at `session/<id>`, replacing any previous one, for
+    /// `ttl`.
+    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let options = PutOptions {
+            mode: PutMode::Any,
+            ttl: Some(ttl),
+        };
+        self.kv_put(&format!("{SESSION_PREFIX}{id}"), value, &options)
+            .await
+            .map(drop)
+    }
+
+    /// Reads a session record, `None` when absent or expired.
+    async fn session_get(&self, id: &str) -> Result<Option<Bytes>> {
+        Ok(self
+            .kv_get(&format!("{SESSION_PREFIX}{id}"))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// Deletes a session record (absent is fine).
+    async fn session_delete(&self, id: &str) -> Result<()> {
+        self.kv_delete(&format!("{SESSION_PREFIX}{id}"), PutMode::Any)
+            .await
+            .map(drop)
     }
 
     /// True when `id` is in the registry now.

@@ -126,13 +126,28 @@ impl Default for PublishOptions {
 }
 
 /// What [`crate::Scaler::history`] should return.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRequest {
     /// Return publications after this position. `None`: only report the top.
     pub since: Option<StreamPosition>,
     /// Return at most this many publications; if more were missed, the page is not
     /// `recovered`.
     pub limit: usize,
+    /// When the channel has no stream yet, `history` creates its epoch; the epoch
+    /// is kept this long unless a publication renews it (with its own
+    /// [`PublishOptions::history_ttl`]). Pass the same TTL the channel is
+    /// published with. Default: the default `history_ttl` (300 s).
+    pub ttl: Duration,
+}
+
+impl Default for HistoryRequest {
+    fn default() -> Self {
+        Self {
+            since: None,
+            limit: 0,
+            ttl: PublishOptions::default().history_ttl,
+        }
+    }
 }
 
 /// The answer of [`crate::Scaler::history`].
@@ -175,15 +190,101 @@ pub struct PresenceEntry {
     pub instance: String,
 }
 
+/// A live lease: who holds it and the fencing token of this tenure.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lease {
+    /// The owner.
+    pub owner: String,
+    /// The fencing token handed out when `owner` acquired it. Tokens of one key
+    /// only grow: every acquisition (after a release or an expiry, by anyone)
+    /// gets a larger one, so a write carrying an older token comes from a stale
+    /// owner (see [`PutMode::Fenced`]).
+    pub token: u64,
+}
+
 /// Outcome of [`crate::Scaler::acquire_lease`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseOutcome {
-    /// The caller holds the lease now (newly, or it already held it: then the TTL
-    /// was renewed).
-    Acquired,
+    /// The caller holds the lease now. Newly acquired: a new, larger token. Already
+    /// held by the caller: the TTL was renewed and the token kept.
+    Acquired {
+        /// The fencing token of this tenure.
+        token: u64,
+    },
     /// Another owner holds it.
-    HeldBy(String),
+    HeldBy {
+        /// The holder.
+        owner: String,
+        /// The holder's token.
+        token: u64,
+    },
 }
+
+impl LeaseOutcome {
+    /// The token when acquired.
+    pub fn acquired(&self) -> Option<u64> {
+        match self {
+            Self::Acquired { token } => Some(*token),
+            Self::HeldBy { .. } => None,
+        }
+    }
+}
+
+/// A value of the key-value family with its revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value, opaque to the scaler.
+    pub value: Bytes,
+    /// The revision of the write that stored it. Revisions of one key only grow,
+    /// across deletes and expiry too (they are not consecutive).
+    pub revision: u64,
+}
+
+/// The precondition of a [`crate::Scaler::kv_put`] or
+/// [`crate::Scaler::kv_delete`]. When it does not hold, the call answers
+/// [`crate::ScalerError::Conflict`] and writes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PutMode {
+    /// No precondition. Keeps the key's fence.
+    #[default]
+    Any,
+    /// Only if the key is absent (or expired). Not valid for deletes.
+    Create,
+    /// Only if the key's current revision is this one.
+    IfRevision(u64),
+    /// Only if this fencing token (from [`Lease::token`]) is at least the fence
+    /// stored with the key (0 when none); stores this token as the new fence. A
+    /// stale lease holder's writes are thereby refused once a newer holder wrote.
+    Fenced(u64),
+}
+
+/// How [`crate::Scaler::kv_put`] writes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PutOptions {
+    /// The precondition.
+    pub mode: PutMode,
+    /// Forget the key after this long (`None`: keep it until deleted). A put
+    /// replaces the previous TTL.
+    pub ttl: Option<Duration>,
+}
+
+impl PutOptions {
+    /// Options with this mode and no TTL.
+    pub fn mode(mode: PutMode) -> Self {
+        Self { mode, ttl: None }
+    }
+
+    /// The same options with this TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// Most entries one [`crate::Scaler::kv_list`] returns: the first ones in key
+/// order. List narrower prefixes to see more.
+pub const KV_LIST_LIMIT: usize = 1000;
 
 /// What a backend can and cannot do; the conformance suite skips what a backend
 /// declares it cannot, and the docs say what the user loses.
@@ -202,6 +303,12 @@ impl Default for Capabilities {
             survives_backend_restart: true,
         }
     }
+}
+
+/// A new random stream epoch: 12 hex digits (never contains `:`).
+pub fn new_epoch() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_owned()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -30,7 +30,7 @@ pub struct NatsConfig {
     /// `PublishOptions::history_ttl` above it is capped to it; below it is honoured
     /// exactly.
     pub max_history_ttl: Duration,
-    /// Longest TTL of an instance registration, lease or session (the `max_age`
+    /// Longest TTL of an instance registration or lease (the `max_age`
     /// of those buckets, default 24 h): longer TTLs are capped to it.
     pub max_record_ttl: Duration,
     /// JetStream replicas of every stream and bucket (default 1; use 3 on a NATS

@@ -48,31 +48,38 @@ pub fn classify(
         "no stream found",
     ];
     if UNAVAILABLE.iter().any(|needle| lower.contains(needle)) {
-        return ScalerError::Unavailable(format!("{what}: {text}"));
+        return ScalerError::unavailable(format!("{what}: {text}"));
     }
-    ScalerError::Backend(format!("{what}: {text}"))
+    ScalerError::backend(format!("{what}: {text}"))
+}
+
+/// [`classify`], keeping `err` as the source.
+pub fn classify_owned<E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+    err: E,
+    timeout: Duration,
+) -> ScalerError {
+    classify(what, &err, timeout).with_source(err)
 }
 
 /// True when `err` says a stream is missing (or nobody answers on its subject):
 /// the scaler then checks and re-creates its streams.
 pub fn suggests_missing_stream(err: &ScalerError) -> bool {
-    match err {
-        ScalerError::Unavailable(text) | ScalerError::Backend(text) => {
-            let lower = text.to_ascii_lowercase();
-            lower.contains("stream not found")
-                || lower.contains("no stream found")
-                || lower.contains("no responders")
-        }
-        _ => false,
-    }
+    err.message().is_some_and(|text| {
+        let lower = text.to_ascii_lowercase();
+        lower.contains("stream not found")
+            || lower.contains("no stream found")
+            || lower.contains("no responders")
+    })
 }
 
-/// `map_err` adapter: `.map_err(to_scaler("publish", timeout))`.
-pub fn to_scaler<E: std::error::Error + 'static>(
+/// `map_err` adapter: `.map_err(to_scaler("publish", timeout))`; keeps the
+/// error as the source.
+pub fn to_scaler<E: std::error::Error + Send + Sync + 'static>(
     what: &'static str,
     timeout: Duration,
 ) -> impl Fn(E) -> ScalerError {
-    move |err| classify(what, &err, timeout)
+    move |err| classify_owned(what, err, timeout)
 }
 
 #[cfg(test)]
@@ -92,11 +99,14 @@ mod tests {
         );
         assert!(matches!(
             classify("x", &E("no responders"), t),
-            ScalerError::Unavailable(_)
+            ScalerError::Unavailable { .. }
         ));
         assert!(matches!(
             classify("x", &E("invalid json"), t),
-            ScalerError::Backend(_)
+            ScalerError::Backend { .. }
         ));
+        let kept = classify_owned("x", E("no responders"), t);
+        assert!(std::error::Error::source(&kept).is_some(), "source kept");
+        assert!(suggests_missing_stream(&kept));
     }
 }

@@ -24,12 +24,9 @@ use futures_util::{
 };
 use scaled_sockets_scaler::{
     FEED_QUEUE_CAPACITY, Feed, FeedControl, FeedEvent, Result, ScalerError, Topic,
+    outbox::{Outbox, OutboxCounters},
 };
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, mpsc, watch};
 
 type TopicStream = BoxStream<'static, (Topic, Message)>;
@@ -67,7 +64,7 @@ pub fn open(ctx: FeedContext) -> Feed {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let mut state = ctx.state.clone();
     let seen = *state.borrow_and_update();
-    tokio::spawn(forward(tx, cmd_rx, state, seen));
+    tokio::spawn(forward(tx, Arc::default(), cmd_rx, state, seen));
     Feed {
         control: Arc::new(NatsFeedControl {
             ctx,
@@ -109,7 +106,7 @@ impl FeedControl for NatsFeedControl {
             return Err(ScalerError::Closed);
         }
         if self.ctx.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(ScalerError::Unavailable("NATS connection is down".into()));
+            return Err(ScalerError::unavailable("NATS connection is down"));
         }
         let mut subs = self.subs.lock().await;
         let mut added = Vec::new();
@@ -168,62 +165,6 @@ impl FeedControl for NatsFeedControl {
     }
 }
 
-/// What waits for room in the queue, in order.
-#[derive(Debug)]
-enum Pending {
-    Event(FeedEvent),
-    Dropped(u64),
-}
-
-/// The queue side of the forwarding task.
-#[derive(Debug)]
-struct Outbox {
-    tx: mpsc::Sender<FeedEvent>,
-    pending: VecDeque<Pending>,
-}
-
-impl Outbox {
-    /// A publication or message: dropped (and counted) if it cannot go now.
-    fn data(&mut self, event: FeedEvent) {
-        if self.pending.is_empty() {
-            match self.tx.try_send(event) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-            }
-        }
-        self.dropped(1);
-    }
-
-    fn dropped(&mut self, n: u64) {
-        if let Some(Pending::Dropped(count)) = self.pending.back_mut() {
-            *count += n;
-        } else {
-            self.pending.push_back(Pending::Dropped(n));
-        }
-    }
-
-    /// A connection event: never dropped, waits for room in order.
-    fn control(&mut self, event: FeedEvent) {
-        let event = if self.pending.is_empty() {
-            match self.tx.try_send(event) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(event)) => event,
-            }
-        } else {
-            event
-        };
-        self.pending.push_back(Pending::Event(event));
-    }
-
-    fn flush_one(&mut self, permit: mpsc::Permit<'_, FeedEvent>) {
-        match self.pending.pop_front() {
-            Some(Pending::Event(event)) => permit.send(event),
-            Some(Pending::Dropped(dropped)) => permit.send(FeedEvent::Overflowed { dropped }),
-            None => {}
-        }
-    }
-}
-
 fn event_for(topic: Topic, msg: Message) -> Option<FeedEvent> {
     match topic {
         Topic::Channel(channel) => live_publication(&channel, msg.headers.as_ref(), msg.payload)
@@ -237,14 +178,12 @@ fn event_for(topic: Topic, msg: Message) -> Option<FeedEvent> {
 
 async fn forward(
     tx: mpsc::Sender<FeedEvent>,
+    counters: Arc<OutboxCounters>,
     mut cmd_rx: mpsc::UnboundedReceiver<TopicStream>,
     mut state: watch::Receiver<ConnState>,
     mut seen: ConnState,
 ) {
-    let mut out = Outbox {
-        tx: tx.clone(),
-        pending: VecDeque::new(),
-    };
+    let mut out = Outbox::new(tx.clone(), counters);
     let mut streams: SelectAll<TopicStream> = SelectAll::new();
     let mut interrupted = false;
     let mut watching = true;
@@ -264,25 +203,35 @@ async fn forward(
                 }
                 let now = *state.borrow_and_update();
                 if now.slow > seen.slow {
-                    out.dropped(now.slow - seen.slow);
+                    out.lost(now.slow - seen.slow);
                 }
                 if (now.generation != seen.generation || !now.connected) && !interrupted {
                     interrupted = true;
-                    out.control(FeedEvent::Interrupted);
+                    if out.control(FeedEvent::Interrupted).is_err() {
+                        break;
+                    }
                 }
                 if now.connected && interrupted {
                     interrupted = false;
-                    out.control(FeedEvent::Resumed);
+                    if out.control(FeedEvent::Resumed).is_err() {
+                        break;
+                    }
                 }
                 seen = now;
             }
-            permit = tx.reserve(), if !out.pending.is_empty() => match permit {
-                Ok(permit) => out.flush_one(permit),
-                Err(_) => break,
-            },
+            permit = tx.reserve(), if out.has_backlog() => {
+                let Ok(permit) = permit else { break };
+                // Only this task sends, so the freed slot stays ours.
+                drop(permit);
+                if out.flush().is_err() {
+                    break;
+                }
+            }
             Some((topic, msg)) = streams.next(), if !streams.is_empty() => {
-                if let Some(event) = event_for(topic, msg) {
-                    out.data(event);
+                if let Some(event) = event_for(topic, msg)
+                    && out.data(event).is_err()
+                {
+                    break;
                 }
             }
         }

@@ -27,7 +27,7 @@
 //! | instance registry | KV bucket `ss_instances`, key `b64(instance id)` |
 //! | leases | KV bucket `ss_leases`, key `b64(lease key)` |
 //! | presence | KV bucket `ss_presence`, key `b64(channel).b64(client id)` |
-//! | sessions | KV bucket `ss_sessions`, key `b64(session id)` |
+//! | key-value family (sessions: `session/<id>`) | KV bucket `ss_kv`, key `b64(key)`, fence in header `Ss-Fence` |
 //!
 //! # Guarantees
 //! - **One connection per scaler**: every feed's subscriptions, every publish and
@@ -53,7 +53,11 @@
 //!   a PING/PONG after the reconnect proves the server has the SUBs).
 //!   `is_live()` is true only in between.
 //! - **Leases** are exclusive: acquire, renew and release are compare-and-set
-//!   on the record's revision.
+//!   on the record's revision. The fencing token is the stream sequence of the
+//!   acquiring write, so tokens only grow per key (see `leases`).
+//! - **Key-value** revisions are stream sequences (they only grow per key);
+//!   preconditions are decided on a read and written by compare-and-set (see
+//!   `kv`).
 //!
 //! # Limits (what differs from the in-memory reference)
 //! - `PublishOptions::history_size` is capped at
@@ -61,15 +65,16 @@
 //!   [`NatsConfig::max_history_ttl`] (default 24 h): one stream has one
 //!   `max_msgs_per_subject` and one `max_age`. Below the caps both are honoured
 //!   exactly per call (emulated with per-message headers, see [`history`]).
-//! - TTLs of registrations, leases and sessions are capped at
+//! - TTLs of registrations and leases are capped at
 //!   [`NatsConfig::max_record_ttl`] (default 24 h). They are checked against the
 //!   NATS server's write timestamp, so instance clocks must agree with the NATS
 //!   server's clock within a small fraction of the shortest TTL (NTP).
 //! - Names (channels, ids, keys) are limited to [`names::MAX_NAME_BYTES`] bytes so
 //!   that no subject can exceed the NATS control-line limit.
 //! - Presence entries of an instance that crashed are hidden at once (the
-//!   registry decides) but only removed when that channel's presence is next
-//!   read.
+//!   registry decides) and removed by a background sweep of the presence bucket
+//!   when a registry read finds the registration expired (or when that
+//!   channel's presence is next read).
 //! - A publish costs one JetStream round trip when this instance published the
 //!   channel's previous message, two otherwise (read the head, then append), plus
 //!   a retry per lost compare-and-set race. Recovering up to 16 publications
@@ -80,7 +85,10 @@
 //!   can miss the new subscription; the server then sees the gap at the channel's
 //!   next publication and repairs it from history. Use NATS 2.10 or later for
 //!   replicated (R3) history streams.
-//! - `instances()`, `leases()` and `presence()` each read a snapshot through a
+//! - Key-value entries with a TTL are removed lazily (by the `kv_get` or
+//!   `kv_list` that finds them expired): the bucket has no `max_age`, since
+//!   entries without a TTL must stay.
+//! - `instances()`, `leases()`, `kv_list()` and `presence()` each read a snapshot through a
 //!   short-lived consumer (`presence()` reads the registry too): fine for
 //!   periodic and per-request use, not for tight loops.
 //!
@@ -93,16 +101,22 @@
 //! - [`feed`]: feeds: per-topic core subscriptions and the forwarding task.
 //! - [`conn`]: connection events to feed state (`Interrupted`/`Resumed`).
 //! - [`records`]: the key-value layer with per-record TTLs and compare-and-set.
+//! - `leases`, `kv`: fenced leases and the versioned key-value family on it.
+//! - [`consume`]: reading many messages through a short-lived consumer.
 //! - [`streams`]: creating, checking and re-creating the streams.
 //! - [`names`]: subject, stream, bucket and key names; the token encoding.
 //! - [`errors`]: async-nats errors to [`scaled_sockets_scaler::ScalerError`].
 
 pub mod config;
 pub mod conn;
+pub mod consume;
 pub mod errors;
 pub mod feed;
 pub mod history;
+mod kv;
+mod leases;
 pub mod names;
+mod presence;
 pub mod records;
 pub mod scaler;
 pub mod streams;

@@ -97,8 +97,8 @@ pub struct Names {
     pub leases_bucket: String,
     /// The presence bucket.
     pub presence_bucket: String,
-    /// The session bucket.
-    pub sessions_bucket: String,
+    /// The key-value bucket (sessions, snapshots...).
+    pub kv_bucket: String,
 }
 
 impl Names {
@@ -110,7 +110,7 @@ impl Names {
             instances_bucket: format!("{prefix}_instances"),
             leases_bucket: format!("{prefix}_leases"),
             presence_bucket: format!("{prefix}_presence"),
-            sessions_bucket: format!("{prefix}_sessions"),
+            kv_bucket: format!("{prefix}_kv"),
         }
     }
 

@@ -17,29 +17,30 @@
 //! - **removal without tombstones** where no compare-and-set is needed (a subject
 //!   purge), so keys that come and go (presence) leave nothing behind.
 
-use crate::errors::{classify, to_scaler};
+use crate::{
+    consume::{Next, read_all},
+    errors::{classify, to_scaler},
+};
 use async_nats::{
     HeaderMap, HeaderValue,
     datetime::{self, DateTime},
     header,
     jetstream::{
         Context,
-        consumer::{AckPolicy, DeliverPolicy, pull},
+        consumer::DeliverPolicy,
         context::PublishErrorKind,
         stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType, Stream},
     },
 };
 use bytes::Bytes;
-use futures_util::StreamExt;
 use scaled_sockets_scaler::{Result, ScalerError};
 use std::{collections::HashMap, time::Duration};
 
 /// Header holding a record's TTL in milliseconds.
 pub const TTL_HEADER: &str = "Ss-Ttl-Ms";
+/// Header holding a key-value record's fence (see `PutMode::Fenced`).
+pub const FENCE_HEADER: &str = "Ss-Fence";
 const KV_OPERATION: &str = "KV-Operation";
-/// How long a fetch from an ephemeral consumer may stay silent before the
-/// messages are taken to be all there is.
-pub const FETCH_IDLE: Duration = Duration::from_millis(500);
 
 /// One record as last written.
 #[derive(Clone, Debug)]
@@ -54,6 +55,8 @@ pub struct Record {
     pub deleted: bool,
     /// True when its TTL has passed.
     pub expired: bool,
+    /// The fence stored with it (0: none).
+    pub fence: u64,
 }
 
 impl Record {
@@ -76,6 +79,13 @@ pub fn ttl_expired(headers: Option<&HeaderMap>, time: DateTime) -> bool {
         Ok(expires) => expires <= datetime::now(),
         Err(_) => false,
     }
+}
+
+fn fence_of(headers: Option<&HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(FENCE_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 fn is_delete(headers: Option<&HeaderMap>) -> bool {
@@ -181,6 +191,7 @@ impl Bucket {
                 revision: msg.sequence,
                 deleted: is_delete(Some(&msg.headers)),
                 expired: ttl_expired(Some(&msg.headers), msg.time),
+                fence: fence_of(Some(&msg.headers)),
                 value: msg.payload,
             })),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -197,7 +208,7 @@ impl Bucket {
     pub async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<u64> {
         self.write(key, self.ttl_headers(ttl), value)
             .await?
-            .ok_or_else(|| ScalerError::Backend("unconditional write was refused".into()))
+            .ok_or_else(|| ScalerError::backend("unconditional write was refused"))
     }
 
     /// Writes `value` at `key` if its revision is still `revision` (0: if there is
@@ -214,6 +225,26 @@ impl Bucket {
             header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             HeaderValue::from(revision),
         );
+        self.write(key, headers, value).await
+    }
+
+    /// [`Bucket::put_if`] storing a fence with the record.
+    pub async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        revision: u64,
+        fence: u64,
+    ) -> Result<Option<u64>> {
+        let mut headers = self.ttl_headers(ttl);
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(revision),
+        );
+        if fence > 0 {
+            headers.insert(FENCE_HEADER, HeaderValue::from(fence));
+        }
         self.write(key, headers, value).await
     }
 
@@ -260,87 +291,59 @@ impl Bucket {
         let key = key.to_owned();
         tokio::spawn(async move {
             if let Ok(Some(tombstone)) = bucket.delete_if(&key, revision).await {
-                // Purge the tombstone and what it deleted, nothing written after it.
-                let _ = bucket
-                    .stream
-                    .purge()
-                    .filter(bucket.subject(&key))
-                    .sequence(tombstone + 1)
-                    .await;
+                bucket.purge_through(&key, tombstone).await;
             }
         });
+    }
+
+    /// Purges `key`'s messages up to and including `tombstone` (a delete marker),
+    /// nothing written after it. Revisions still only grow: they are stream
+    /// sequences, which a purge does not reset.
+    pub async fn purge_through(&self, key: &str, tombstone: u64) {
+        if let Err(err) = self
+            .stream
+            .purge()
+            .filter(self.subject(key))
+            .sequence(tombstone + 1)
+            .await
+        {
+            tracing::debug!(%err, "purging a delete marker failed (harmless)");
+        }
     }
 
     /// The latest record of every key matching `pattern` (a subject pattern over
     /// keys, e.g. `>` or `abc.*`), deleted ones left out, expired ones flagged.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<Record>> {
         let prefix = format!("$KV.{}.", self.name);
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                filter_subject: format!("{prefix}{pattern}"),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(to_scaler("list records", self.timeout))?;
-        let name = consumer.cached_info().name.clone();
-        let mut pending = consumer.cached_info().num_pending;
         // Per key, its last write seen (None: deleted). The consumer also
         // delivers writes made while the scan runs, so a key can come twice.
         let mut latest: HashMap<String, (u64, Option<Record>)> = HashMap::new();
-        let result: Result<()> = async {
-            while pending > 0 {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(pending.min(1000) as usize)
-                    .messages()
-                    .await
-                    .map_err(to_scaler("list records", self.timeout))?;
-                let mut got = 0;
-                // A message counted in `pending` may be purged before it is
-                // fetched; the server then keeps the request waiting. Stop after
-                // a short silence instead of waiting for it.
-                while let Ok(Some(msg)) = tokio::time::timeout(FETCH_IDLE, batch.next()).await {
-                    let msg = msg.map_err(|e| classify("list records", &*e, self.timeout))?;
-                    got += 1;
-                    let info = msg
-                        .info()
-                        .map_err(|e| classify("list records", &*e, self.timeout))?;
-                    pending = info.pending;
-                    let published = info.published;
-                    let headers = msg.headers.as_ref();
-                    let Some(key) = msg.subject.as_str().strip_prefix(&prefix) else {
-                        continue;
-                    };
-                    let revision = info.stream_sequence;
-                    if latest.get(key).is_some_and(|(seen, _)| *seen > revision) {
-                        continue;
-                    }
-                    let record = (!is_delete(headers)).then(|| Record {
-                        key: key.to_owned(),
-                        revision,
-                        deleted: false,
-                        expired: ttl_expired(headers, published),
-                        value: msg.payload.clone(),
-                    });
-                    latest.insert(key.to_owned(), (revision, record));
+        let result = read_all(
+            &self.stream,
+            format!("{prefix}{pattern}"),
+            DeliverPolicy::LastPerSubject,
+            "list records",
+            self.timeout,
+            |m| {
+                let Some(key) = m.subject.strip_prefix(&prefix) else {
+                    return Ok(Next::More);
+                };
+                if latest.get(key).is_some_and(|(seen, _)| *seen > m.seq) {
+                    return Ok(Next::More);
                 }
-                if got == 0 {
-                    break;
-                }
-            }
-            Ok(())
-        }
+                let record = (!is_delete(m.headers)).then(|| Record {
+                    key: key.to_owned(),
+                    revision: m.seq,
+                    deleted: false,
+                    expired: ttl_expired(m.headers, m.published),
+                    fence: fence_of(m.headers),
+                    value: m.payload.clone(),
+                });
+                latest.insert(key.to_owned(), (m.seq, record));
+                Ok(Next::More)
+            },
+        )
         .await;
-        let stream = self.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
         result.map(|()| {
             let mut records: Vec<Record> = latest.into_values().filter_map(|(_, r)| r).collect();
             records.sort_by_key(|r| r.revision);

@@ -6,19 +6,19 @@ use crate::{
     errors::{classify, suggests_missing_stream},
     feed,
     history::History,
-    names::{Names, check_name, decode_token, encode_token},
+    names::{Names, check_name, encode_token},
     records::{Bucket, Record},
 };
 use async_nats::{Client, ConnectOptions, connection::State, jetstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use scaled_sockets_scaler::{
-    Capabilities, Feed, HistoryPage, HistoryRequest, InstanceInfo, LeaseOutcome, PresenceEntry,
-    PublishOptions, Result, Scaler, ScalerError, StreamPosition, Topic,
+    Capabilities, Feed, HistoryPage, HistoryRequest, InstanceInfo, Lease, LeaseOutcome,
+    PresenceEntry, PublishOptions, PutMode, PutOptions, Result, Scaler, ScalerError,
+    StreamPosition, Topic, Versioned, check, records,
 };
-use serde::{Deserialize, Serialize};
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -26,13 +26,14 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 /// The NATS scaler: one core NATS connection for pub/sub, JetStream for channel
-/// history and key-value buckets for the registry, leases, presence and sessions.
+/// history and key-value buckets for the registry, leases, presence and the
+/// key-value family.
 ///
 /// Cheap to clone; clones share the connection. See the crate docs for the
 /// layout and guarantees.
 #[derive(Clone)]
 pub struct NatsScaler {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for NatsScaler {
@@ -45,15 +46,15 @@ impl std::fmt::Debug for NatsScaler {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: NatsConfig,
     names: Names,
     client: Client,
     history: History,
     instances: Bucket,
-    leases: Bucket,
-    presence: Bucket,
-    sessions: Bucket,
+    pub(crate) leases: Bucket,
+    pub(crate) presence: Bucket,
+    pub(crate) kv: Bucket,
     state: watch::Receiver<ConnState>,
     /// When streams were last checked after an error suggested one is missing.
     last_repair: std::sync::Mutex<Option<Instant>>,
@@ -67,7 +68,7 @@ impl Inner {
             self.instances.repair().await,
             self.leases.repair().await,
             self.presence.repair().await,
-            self.sessions.repair().await,
+            self.kv.repair().await,
         ];
         for err in results.into_iter().filter_map(Result::err) {
             tracing::warn!(%err, "re-creating a NATS stream failed");
@@ -81,50 +82,17 @@ impl HasClient for Inner {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct InstanceRecord {
-    id: String,
-    address: String,
-    connections: u64,
-    cores: u64,
-    updated_at_ms: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LeaseRecord {
-    owner: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PresenceRecord {
-    client: String,
-    user: Option<String>,
-    instance: String,
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Bytes> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| ScalerError::Backend(format!("encode record: {e}")))
-}
-
-fn from_json<T: for<'de> Deserialize<'de>>(record: &Record) -> Option<T> {
-    match serde_json::from_slice(&record.value) {
-        Ok(value) => Some(value),
-        Err(err) => {
-            tracing::warn!(key = %record.key, %err, "skipping an unreadable record");
-            None
-        }
+fn decode_instance(record: &Record) -> Option<InstanceInfo> {
+    let decoded = records::decode_instance(&record.value);
+    if decoded.is_none() {
+        tracing::warn!(key = %record.key, "skipping an unreadable registration");
     }
-}
-
-fn lease_owner_of(record: &Record) -> Option<String> {
-    from_json::<LeaseRecord>(record).map(|r| r.owner)
+    decoded
 }
 
 /// How many compare-and-set rounds a lease operation tries before giving up
 /// (each lost round means another owner wrote; the call's timeout bounds it too).
-const CAS_ROUNDS: usize = 64;
+pub(crate) const CAS_ROUNDS: usize = 64;
 
 impl NatsScaler {
     /// Connects to NATS and opens (creating when missing) the history stream and
@@ -167,7 +135,8 @@ impl NatsScaler {
             .filter(|u| !u.is_empty())
             .collect();
         let client = options.connect(urls.as_slice()).await.map_err(|e| {
-            ScalerError::Unavailable(format!("connect to NATS at {}: {e}", config.url))
+            ScalerError::unavailable(format!("connect to NATS at {}: {e}", config.url))
+                .with_source(e)
         })?;
         let js = jetstream::context::ContextBuilder::new()
             .timeout(timeout)
@@ -196,8 +165,8 @@ impl NatsScaler {
             timeout,
         )
         .await?;
-        let sessions =
-            Bucket::open(&js, &names.sessions_bucket, record_age, replicas, timeout).await?;
+        // No age limit: values without a TTL live until deleted.
+        let kv = Bucket::open(&js, &names.kv_bucket, Duration::ZERO, replicas, timeout).await?;
         let (state_tx, state_rx) = watch::channel(ConnState {
             connected: client.connection_state() == State::Connected,
             generation: 0,
@@ -211,7 +180,7 @@ impl NatsScaler {
             instances,
             leases,
             presence,
-            sessions,
+            kv,
             state: state_rx,
             last_repair: std::sync::Mutex::new(None),
         });
@@ -237,7 +206,7 @@ impl NatsScaler {
 
     /// Runs one scaler operation: fails at once while the connection is down, and
     /// with [`ScalerError::Timeout`] when it takes longer than the request timeout.
-    async fn call<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn call<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
         self.ensure_connected()?;
         let result = match tokio::time::timeout(self.timeout(), op).await {
             Ok(result) => result,
@@ -270,7 +239,7 @@ impl NatsScaler {
     fn ensure_connected(&self) -> Result<()> {
         match self.inner.client.connection_state() {
             State::Connected => Ok(()),
-            other => Err(ScalerError::Unavailable(format!(
+            other => Err(ScalerError::unavailable(format!(
                 "NATS connection is {other}"
             ))),
         }
@@ -288,23 +257,20 @@ impl NatsScaler {
     async fn list_instances(&self) -> Result<Vec<InstanceInfo>> {
         let records = self.inner.instances.scan(">").await?;
         let mut out = Vec::with_capacity(records.len());
+        let mut gone = Vec::new();
         for record in records {
             if record.expired {
                 self.inner
                     .instances
                     .remove_later_if(&record.key, record.revision);
+                gone.extend(crate::names::decode_token(&record.key));
                 continue;
             }
-            if let Some(r) = from_json::<InstanceRecord>(&record) {
-                out.push(InstanceInfo {
-                    id: r.id,
-                    address: r.address,
-                    connections: r.connections,
-                    cores: r.cores,
-                    updated_at_ms: r.updated_at_ms,
-                });
+            if let Some(info) = decode_instance(&record) {
+                out.push(info);
             }
         }
+        self.sweep_presence_later(gone);
         Ok(out)
     }
 }
@@ -318,17 +284,15 @@ async fn jetstream_info(client: &Client, timeout: Duration) -> Result<()> {
         .await
         .map_err(|e| classify("JetStream info (is JetStream enabled?)", &e, timeout))?;
     let value: serde_json::Value = serde_json::from_slice(&reply.payload)
-        .map_err(|e| ScalerError::Backend(format!("JetStream info: {e}")))?;
+        .map_err(|e| ScalerError::backend("JetStream info").with_source(e))?;
     match value.get("error") {
         None => Ok(()),
-        Some(error) => Err(ScalerError::Unavailable(format!("JetStream info: {error}"))),
+        Some(error) => Err(ScalerError::unavailable(format!("JetStream info: {error}"))),
     }
 }
 
 fn check_channel(channel: &str) -> Result<()> {
-    if channel.is_empty() {
-        return Err(ScalerError::InvalidArgument("empty channel name".into()));
-    }
+    check::check_channel(channel)?;
     check_name(channel, "channel name")
 }
 
@@ -378,11 +342,7 @@ impl Scaler for NatsScaler {
     }
 
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if matches!(topic, Topic::Channel(_)) {
-            return Err(ScalerError::InvalidArgument(
-                "send is for user, session and instance topics; publish to channels".into(),
-            ));
-        }
+        check::check_send_topic(topic)?;
         check_name(topic.name(), "topic name")?;
         let subject = self.inner.names.topic_subject(topic);
         let timeout = self.timeout();
@@ -404,13 +364,7 @@ impl Scaler for NatsScaler {
 
     async fn register_instance(&self, info: &InstanceInfo, ttl: Duration) -> Result<()> {
         check_name(&info.id, "instance id")?;
-        let value = to_json(&InstanceRecord {
-            id: info.id.clone(),
-            address: info.address.clone(),
-            connections: info.connections,
-            cores: info.cores,
-            updated_at_ms: info.updated_at_ms,
-        })?;
+        let value = Bytes::from(records::encode_instance(info));
         self.call(async {
             self.inner
                 .instances
@@ -424,7 +378,9 @@ impl Scaler for NatsScaler {
     async fn unregister_instance(&self, id: &str) -> Result<()> {
         check_name(id, "instance id")?;
         self.call(self.inner.instances.remove(&encode_token(id)))
-            .await
+            .await?;
+        self.sweep_presence_later(vec![id.to_owned()]);
+        Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
@@ -432,141 +388,29 @@ impl Scaler for NatsScaler {
     }
 
     async fn acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<LeaseOutcome> {
-        check_name(key, "lease key")?;
-        let value = to_json(&LeaseRecord {
-            owner: owner.to_owned(),
-        })?;
-        let k = encode_token(key);
-        self.call(async {
-            for _ in 0..CAS_ROUNDS {
-                let record = self.inner.leases.get(&k).await?;
-                let revision = match &record {
-                    Some(r) if r.is_live() => match lease_owner_of(r) {
-                        Some(holder) if holder != owner => {
-                            return Ok(LeaseOutcome::HeldBy(holder));
-                        }
-                        _ => r.revision,
-                    },
-                    Some(r) => r.revision,
-                    None => 0,
-                };
-                if self
-                    .inner
-                    .leases
-                    .put_if(&k, value.clone(), Some(ttl), revision)
-                    .await?
-                    .is_some()
-                {
-                    return Ok(LeaseOutcome::Acquired);
-                }
-            }
-            Err(ScalerError::Backend(format!(
-                "lease {key:?}: no decision after {CAS_ROUNDS} contended rounds"
-            )))
-        })
-        .await
+        self.lease_acquire(key, owner, ttl).await
     }
 
-    async fn renew_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        check_name(key, "lease key")?;
-        let value = to_json(&LeaseRecord {
-            owner: owner.to_owned(),
-        })?;
-        let k = encode_token(key);
-        self.call(async {
-            for _ in 0..CAS_ROUNDS {
-                let Some(record) = self.inner.leases.get_live(&k).await? else {
-                    return Ok(false);
-                };
-                if lease_owner_of(&record).as_deref() != Some(owner) {
-                    return Ok(false);
-                }
-                if self
-                    .inner
-                    .leases
-                    .put_if(&k, value.clone(), Some(ttl), record.revision)
-                    .await?
-                    .is_some()
-                {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
-        .await
+    async fn renew_lease(&self, key: &str, owner: &str, token: u64, ttl: Duration) -> Result<bool> {
+        self.lease_renew(key, owner, token, ttl).await
     }
 
-    async fn release_lease(&self, key: &str, owner: &str) -> Result<bool> {
-        check_name(key, "lease key")?;
-        let k = encode_token(key);
-        self.call(async {
-            for _ in 0..CAS_ROUNDS {
-                let Some(record) = self.inner.leases.get_live(&k).await? else {
-                    return Ok(false);
-                };
-                if lease_owner_of(&record).as_deref() != Some(owner) {
-                    return Ok(false);
-                }
-                if self
-                    .inner
-                    .leases
-                    .delete_if(&k, record.revision)
-                    .await?
-                    .is_some()
-                {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
-        .await
+    async fn release_lease(&self, key: &str, owner: &str, token: u64) -> Result<bool> {
+        self.lease_release(key, owner, token).await
     }
 
-    async fn lease_owner(&self, key: &str) -> Result<Option<String>> {
-        check_name(key, "lease key")?;
-        let k = encode_token(key);
-        self.call(async {
-            Ok(self
-                .inner
-                .leases
-                .get_live(&k)
-                .await?
-                .and_then(|r| lease_owner_of(&r)))
-        })
-        .await
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.lease_get(key).await
     }
 
-    async fn leases(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        self.call(async {
-            let mut out = Vec::new();
-            for record in self.inner.leases.scan(">").await? {
-                if record.expired {
-                    continue;
-                }
-                let Some(key) = decode_token(&record.key) else {
-                    continue;
-                };
-                if !key.starts_with(prefix) {
-                    continue;
-                }
-                if let Some(owner) = lease_owner_of(&record) {
-                    out.push((key, owner));
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-        .await
+    async fn leases(&self, prefix: &str) -> Result<Vec<(String, Lease)>> {
+        self.lease_list(prefix).await
     }
 
     async fn presence_add(&self, channel: &str, entry: &PresenceEntry) -> Result<()> {
         check_name(channel, "channel name")?;
         check_name(&entry.client, "client id")?;
-        let value = to_json(&PresenceRecord {
-            client: entry.client.clone(),
-            user: entry.user.clone(),
-            instance: entry.instance.clone(),
-        })?;
+        let value = Bytes::from(records::encode_presence(entry));
         let key = presence_key(channel, &entry.client);
         self.call(async { self.inner.presence.put(&key, value, None).await.map(drop) })
             .await
@@ -583,68 +427,49 @@ impl Scaler for NatsScaler {
         check_name(channel, "channel name")?;
         let pattern = format!("{}.*", encode_token(channel));
         self.call(async {
-            let records = self.inner.presence.scan(&pattern).await?;
-            if records.is_empty() {
+            let found = self.inner.presence.scan(&pattern).await?;
+            if found.is_empty() {
                 return Ok(Vec::new());
             }
             let live = self.live_instance_ids().await?;
-            let mut out = Vec::with_capacity(records.len());
-            for record in records {
-                let Some(r) = from_json::<PresenceRecord>(&record) else {
-                    continue;
-                };
-                if live.contains(&r.instance) {
-                    out.push(PresenceEntry {
-                        client: r.client,
-                        user: r.user,
-                        instance: r.instance,
-                    });
-                } else {
-                    // Its instance left the registry: clean up lazily.
-                    self.inner
-                        .presence
-                        .remove_later_if(&record.key, record.revision);
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        check_name(id, "session id")?;
-        self.call(async {
-            self.inner
-                .sessions
-                .put(&encode_token(id), value, Some(ttl))
-                .await
-                .map(drop)
-        })
-        .await
-    }
-
-    async fn session_get(&self, id: &str) -> Result<Option<Bytes>> {
-        check_name(id, "session id")?;
-        let key = encode_token(id);
-        self.call(async {
-            match self.inner.sessions.get(&key).await? {
-                Some(r) if r.is_live() => Ok(Some(r.value)),
-                Some(r) => {
-                    if r.expired && !r.deleted {
-                        self.inner.sessions.remove_later_if(&key, r.revision);
+            let mut entries = Vec::with_capacity(found.len());
+            let mut revisions = HashMap::with_capacity(found.len());
+            for record in found {
+                match records::decode_presence(None, &record.value) {
+                    Some(entry) => {
+                        revisions.insert(entry.client.clone(), (record.key, record.revision));
+                        entries.push(entry);
                     }
-                    Ok(None)
+                    None => {
+                        tracing::warn!(key = %record.key, "skipping an unreadable presence entry")
+                    }
                 }
-                None => Ok(None),
             }
+            let (kept, stale) = records::split_live(entries, &live);
+            for client in stale {
+                // Its instance left the registry: clean up lazily.
+                if let Some((key, revision)) = revisions.get(&client) {
+                    self.inner.presence.remove_later_if(key, *revision);
+                }
+            }
+            Ok(kept)
         })
         .await
     }
 
-    async fn session_delete(&self, id: &str) -> Result<()> {
-        check_name(id, "session id")?;
-        self.call(self.inner.sessions.remove(&encode_token(id)))
-            .await
+    async fn kv_get(&self, key: &str) -> Result<Option<Versioned>> {
+        self.item_get(key).await
+    }
+
+    async fn kv_put(&self, key: &str, value: Bytes, options: &PutOptions) -> Result<u64> {
+        self.item_put(key, value, options).await
+    }
+
+    async fn kv_delete(&self, key: &str, mode: PutMode) -> Result<bool> {
+        self.item_delete(key, mode).await
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
+        self.item_list(prefix).await
     }
 }

@@ -139,16 +139,36 @@ async fn weird_names_are_encoded_safely() {
     .expect("presence add");
     assert_eq!(s.presence("a.>").await.expect("presence").len(), 1);
     assert!(s.presence("a.*").await.expect("presence").is_empty());
-    assert_eq!(
-        s.acquire_lease("core.*", "me", Duration::from_secs(5))
-            .await
-            .expect("lease"),
-        scaled_sockets_scaler::LeaseOutcome::Acquired
-    );
+    let token = s
+        .acquire_lease("core.*", "me", Duration::from_secs(5))
+        .await
+        .expect("lease")
+        .acquired()
+        .expect("acquired");
     assert_eq!(
         s.leases("core.").await.expect("leases"),
-        vec![("core.*".to_owned(), "me".to_owned())]
+        vec![(
+            "core.*".to_owned(),
+            scaled_sockets_scaler::Lease {
+                owner: "me".to_owned(),
+                token
+            }
+        )]
     );
+    // Key-value keys with odd names list by their real prefix.
+    for key in ["kv.*", "kv.>", "kv. x", "kw"] {
+        s.kv_put(key, Bytes::from(key), &Default::default())
+            .await
+            .expect("kv put");
+    }
+    let listed: Vec<String> = s
+        .kv_list("kv.")
+        .await
+        .expect("kv list")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(listed, vec!["kv. x", "kv.*", "kv.>"]);
 }
 
 /// One feed subscribes to many topics in one call and gets each one's traffic.
@@ -429,6 +449,7 @@ async fn history_matches_memory_scaler() {
                     &HistoryRequest {
                         since: Some(StreamPosition::new(since, me)),
                         limit,
+                        ..HistoryRequest::default()
                     },
                 )
                 .await
@@ -439,6 +460,7 @@ async fn history_matches_memory_scaler() {
                     &HistoryRequest {
                         since: Some(StreamPosition::new(since, ne)),
                         limit,
+                        ..HistoryRequest::default()
                     },
                 )
                 .await
@@ -565,9 +587,9 @@ async fn vanished_streams_are_recreated() {
     js.delete_stream("nt_history")
         .await
         .expect("delete history");
-    js.delete_stream("KV_nt_sessions")
+    js.delete_stream("KV_nt_kv")
         .await
-        .expect("delete sessions");
+        .expect("delete the key-value bucket");
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         match s

@@ -44,9 +44,10 @@ use redis::{
 };
 use scaled_sockets_scaler::{
     Feed, FeedControl, FeedEvent, Publication, Result, ScalerError, Topic,
+    outbox::{Closed, Outbox},
 };
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     fmt,
     future::Future,
     pin::Pin,
@@ -159,10 +160,7 @@ async fn confirm(pending: Vec<Pending>, limit: Duration) -> Result<()> {
         match timeout(limit, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                return Err(match map_error(&e, limit) {
-                    ScalerError::Backend(m) => ScalerError::Unavailable(m),
-                    other => other,
-                });
+                return Err(map_error(e, limit).into_unavailable());
             }
             Err(_) => return Err(ScalerError::Timeout(limit)),
         }
@@ -181,10 +179,7 @@ async fn connect(
     let pubsub = match timeout(limit, client.get_async_pubsub()).await {
         Ok(Ok(pubsub)) => pubsub,
         Ok(Err(e)) => {
-            return Err(match map_error(&e, limit) {
-                ScalerError::Backend(m) => ScalerError::Unavailable(m),
-                other => other,
-            });
+            return Err(map_error(e, limit).into_unavailable());
         }
         Err(_) => return Err(ScalerError::Timeout(limit)),
     };
@@ -233,12 +228,7 @@ pub(crate) async fn open(
         settings: settings.clone(),
         counters: counters.clone(),
         io: TaskIo {
-            outbox: Outbox {
-                tx,
-                pending: VecDeque::new(),
-                dropped: 0,
-                counters,
-            },
+            outbox: Outbox::new(tx, counters.outbox.clone()),
             stop: stop_rx,
         },
     };
@@ -288,9 +278,8 @@ impl FeedControl for RedisFeedControl {
                 }
             }
             let Some(sink) = &state.sink else {
-                return Err(ScalerError::Unavailable(
-                    "redis subscriber connection is down; the topics will be subscribed when it is back"
-                        .into(),
+                return Err(ScalerError::unavailable(
+                    "redis subscriber connection is down; the topics will be subscribed when it is back",
                 ));
             };
             start_batches(sink, &names, self.settings.batch, true)
@@ -300,8 +289,8 @@ impl FeedControl for RedisFeedControl {
             Ok(())
         } else {
             // Already-desired topics are being re-subscribed after a reconnect.
-            Err(ScalerError::Unavailable(
-                "redis subscriber connection is re-subscribing".into(),
+            Err(ScalerError::unavailable(
+                "redis subscriber connection is re-subscribing",
             ))
         }
     }
@@ -336,78 +325,6 @@ impl FeedControl for RedisFeedControl {
     }
 }
 
-/// The feed's side of its event queue. Never blocks.
-struct Outbox {
-    tx: mpsc::Sender<FeedEvent>,
-    /// Connection events waiting for room (never dropped).
-    pending: VecDeque<FeedEvent>,
-    /// Events dropped and not yet reported with `Overflowed`.
-    dropped: u64,
-    counters: Arc<Counters>,
-}
-
-/// The receiver is gone: the feed is being dropped.
-struct Closed;
-
-impl Outbox {
-    fn has_backlog(&self) -> bool {
-        !self.pending.is_empty() || self.dropped > 0
-    }
-
-    /// Sends what waits for room, in order, as far as there is room.
-    fn flush(&mut self) -> std::result::Result<(), Closed> {
-        use mpsc::error::TrySendError;
-        loop {
-            let event = match self.pending.front() {
-                Some(event) => event.clone(),
-                None if self.dropped > 0 => FeedEvent::Overflowed {
-                    dropped: self.dropped,
-                },
-                None => return Ok(()),
-            };
-            match self.tx.try_send(event) {
-                Ok(()) => {
-                    if self.pending.pop_front().is_none() {
-                        self.dropped = 0;
-                        Counters::bump(&self.counters.feed_overflows);
-                    }
-                }
-                Err(TrySendError::Full(_)) => return Ok(()),
-                Err(TrySendError::Closed(_)) => return Err(Closed),
-            }
-        }
-    }
-
-    /// Hands over a publication or message, or drops and counts it.
-    fn data(&mut self, event: FeedEvent) -> std::result::Result<(), Closed> {
-        use mpsc::error::TrySendError;
-        self.flush()?;
-        if self.has_backlog() {
-            self.drop_one();
-            return Ok(());
-        }
-        match self.tx.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.drop_one();
-                Ok(())
-            }
-            Err(TrySendError::Closed(_)) => Err(Closed),
-        }
-    }
-
-    fn drop_one(&mut self) {
-        self.dropped += 1;
-        Counters::bump(&self.counters.feed_events_dropped);
-    }
-
-    /// Queues a connection event; it is delivered before anything after it.
-    fn control(&mut self, event: FeedEvent) -> std::result::Result<(), Closed> {
-        self.pending.push_back(event);
-        self.flush()
-    }
-}
-
 /// The parts of the task that must stay serviceable while it waits for
 /// something else (a reconnect, a backoff delay).
 struct TaskIo {
@@ -422,7 +339,7 @@ impl TaskIo {
         tokio::pin!(fut);
         loop {
             let backlog = self.outbox.has_backlog();
-            let tx = self.outbox.tx.clone();
+            let tx = self.outbox.sender().clone();
             tokio::select! {
                 biased;
                 _ = &mut self.stop => return None,
@@ -511,7 +428,7 @@ impl FeedTask {
         loop {
             let wake = probe_deadline.unwrap_or(last_seen + interval);
             let backlog = io.outbox.has_backlog();
-            let tx = io.outbox.tx.clone();
+            let tx = io.outbox.sender().clone();
             tokio::select! {
                 biased;
                 _ = &mut io.stop => return Ended::Shutdown,
@@ -640,74 +557,5 @@ mod tests {
         let spread: std::collections::HashSet<Duration> =
             (0..50).map(|_| backoff(5, min, max)).collect();
         assert!(spread.len() > 1, "jitter varies the delay");
-    }
-
-    fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<FeedEvent>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (
-            Outbox {
-                tx,
-                pending: VecDeque::new(),
-                dropped: 0,
-                counters: Arc::default(),
-            },
-            rx,
-        )
-    }
-
-    fn msg(n: u8) -> FeedEvent {
-        FeedEvent::Message {
-            topic: Topic::user("u"),
-            payload: Bytes::from(vec![n]),
-        }
-    }
-
-    #[test]
-    fn overflow_is_counted_then_reported_when_there_is_room() {
-        let (mut out, mut rx) = outbox(2);
-        for n in 0..5 {
-            assert!(out.data(msg(n)).is_ok());
-        }
-        assert_eq!(out.dropped, 3);
-        assert_eq!(rx.try_recv().ok(), Some(msg(0)));
-        // Room for one: the report goes first, the new event is dropped too.
-        assert!(out.data(msg(5)).is_ok());
-        assert_eq!(rx.try_recv().ok(), Some(msg(1)));
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(FeedEvent::Overflowed { dropped: 3 })
-        );
-        assert!(rx.try_recv().is_err());
-        // msg 5 found no room after the report: it is reported next.
-        assert!(out.data(msg(6)).is_ok());
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(FeedEvent::Overflowed { dropped: 1 })
-        );
-        assert_eq!(rx.try_recv().ok(), Some(msg(6)));
-        assert_eq!(out.dropped, 0);
-        assert_eq!(out.counters.snapshot().feed_events_dropped, 4);
-        assert_eq!(out.counters.snapshot().feed_overflows, 2);
-    }
-
-    #[test]
-    fn connection_events_wait_for_room_and_keep_their_place() {
-        let (mut out, mut rx) = outbox(1);
-        assert!(out.data(msg(0)).is_ok());
-        assert!(out.control(FeedEvent::Interrupted).is_ok());
-        assert!(out.control(FeedEvent::Resumed).is_ok());
-        assert!(out.data(msg(1)).is_ok(), "dropped: Resumed must come first");
-        assert_eq!(rx.try_recv().ok(), Some(msg(0)));
-        assert!(out.flush().is_ok());
-        assert_eq!(rx.try_recv().ok(), Some(FeedEvent::Interrupted));
-        assert!(out.flush().is_ok());
-        assert_eq!(rx.try_recv().ok(), Some(FeedEvent::Resumed));
-        assert!(out.flush().is_ok());
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(FeedEvent::Overflowed { dropped: 1 })
-        );
-        drop(rx);
-        assert!(out.data(msg(2)).is_err(), "closed receiver is reported");
     }
 }

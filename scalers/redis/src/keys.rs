@@ -8,9 +8,10 @@
 //! has no `}`, so the tag ends exactly where the name ends, and the escape is
 //! injective, so two names never share a key.
 //!
-//! Registry and lease keys each share one fixed tag (`{registry}`, `{lease}`):
-//! their listing scripts read keys computed from an index, which is only legal
-//! on a cluster when all of them are in one slot.
+//! Registry, lease and key-value keys each share one fixed tag (`{registry}`,
+//! `{lease}`, `{kv}`): their scripts read keys computed from an index (and draw
+//! from one counter), which is only legal on a cluster when all of them are in
+//! one slot.
 
 use scaled_sockets_scaler::Topic;
 use std::borrow::Cow;
@@ -107,6 +108,12 @@ impl Keys {
         format!("{}:{{registry}}:index", self.prefix)
     }
 
+    /// Set of the channels an instance added presence entries to (no TTL; deleted
+    /// by the sweep when the instance leaves the registry).
+    pub(crate) fn instance_presence(&self, id: &str) -> String {
+        format!("{}:ipres:{{{}}}", self.prefix, escape_tag(id))
+    }
+
     /// What lease keys start with (the lease key follows).
     pub(crate) fn lease_key_prefix(&self) -> String {
         format!("{}:{{lease}}:k:", self.prefix)
@@ -122,9 +129,34 @@ impl Keys {
         format!("{}:{{lease}}:index", self.prefix)
     }
 
-    /// One session record, with its TTL.
-    pub(crate) fn session(&self, id: &str) -> String {
-        format!("{}:session:{{{}}}", self.prefix, escape_tag(id))
+    /// The counter fencing tokens are drawn from (all leases).
+    pub(crate) fn lease_tokens(&self) -> String {
+        format!("{}:{{lease}}:tokens", self.prefix)
+    }
+
+    /// What key-value item keys start with (the name follows).
+    pub(crate) fn kv_key_prefix(&self) -> String {
+        format!("{}:{{kv}}:k:", self.prefix)
+    }
+
+    /// One key-value item: hash `v` value, `r` revision, `f` fence; its TTL.
+    pub(crate) fn kv_item(&self, name: &str) -> String {
+        format!("{}{name}", self.kv_key_prefix())
+    }
+
+    /// Sorted set of every item name, all scored 0 (listed by lex range).
+    pub(crate) fn kv_names(&self) -> String {
+        format!("{}:{{kv}}:names", self.prefix)
+    }
+
+    /// Sorted set of item names with a TTL, scored by expiry (server ms).
+    pub(crate) fn kv_expiry(&self) -> String {
+        format!("{}:{{kv}}:exp", self.prefix)
+    }
+
+    /// The counter revisions are drawn from (all items).
+    pub(crate) fn kv_revisions(&self) -> String {
+        format!("{}:{{kv}}:rev", self.prefix)
     }
 }
 

@@ -25,21 +25,28 @@
 //! |---|---|---|
 //! | `{prefix}:ch:{<tag>}:meta` | hash | `e` = epoch, `o` = latest offset; TTL = history TTL |
 //! | `{prefix}:ch:{<tag>}:stream` | stream | history: entry id `<offset>-0`, field `d` = payload; `MAXLEN` = history size; TTL = history TTL |
-//! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"u":user,"i":instance}` |
+//! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"c":client,"u":user,"i":instance}` |
+//! | `{prefix}:ipres:{<tag>}` | set | channels an instance added presence entries to |
 //! | `{prefix}:ch:{<tag>}:pub` | pub/sub | publications: `<offset>:<epoch>:<payload>` |
 //! | `{prefix}:user:{<tag>}:pub`, `:sess:`, `:inst:` | pub/sub | raw payloads sent to a user, session, instance |
 //! | `{prefix}:probe:{<feed id>}` | pub/sub | a feed's liveness probes |
 //! | `{prefix}:{registry}:inst:<id>` | string | instance JSON; TTL = registration TTL |
 //! | `{prefix}:{registry}:index` | zset | instance ids scored by expiry (server ms) |
-//! | `{prefix}:{lease}:k:<key>` | string | lease owner; TTL = lease TTL |
+//! | `{prefix}:{lease}:k:<key>` | string | `<token>:<owner>`; TTL = lease TTL |
 //! | `{prefix}:{lease}:index` | zset | lease keys scored by expiry (server ms) |
-//! | `{prefix}:session:{<tag>}` | string | session record; TTL = session TTL |
+//! | `{prefix}:{lease}:tokens` | string | counter fencing tokens are drawn from (no TTL) |
+//! | `{prefix}:{kv}:k:<key>` | hash | `v` value, `r` revision, `f` fence; TTL = put TTL |
+//! | `{prefix}:{kv}:names` | zset | every key-value name, score 0 (prefix listing by lex range) |
+//! | `{prefix}:{kv}:exp` | zset | names with a TTL scored by expiry (server ms) |
+//! | `{prefix}:{kv}:rev` | string | counter revisions are drawn from (no TTL) |
+//!
+//! Sessions are key-value items named `session/<id>`.
 //!
 //! All keys of one channel share its hash tag, so the publish and history
-//! scripts touch one slot. The registry keys share the tag `{registry}` and the
-//! lease keys `{lease}`: their listing scripts read keys found through an index,
-//! which a cluster allows only within one slot (both are small and rarely
-//! written). Presence reads its channel's hash, then checks the instances it
+//! scripts touch one slot. The registry keys share the tag `{registry}`, the
+//! lease keys `{lease}` and the key-value keys `{kv}`: their scripts read keys
+//! found through an index and draw from one counter, which a cluster allows only
+//! within one slot (so on a Redis Cluster each of the three lives on one node). Presence reads its channel's hash, then checks the instances it
 //! names in the registry slot: two slots, two round trips, no cross-slot command.
 //!
 //! # Guarantees
@@ -71,11 +78,19 @@
 //!   reconnect) and returns `Unavailable`, so the server can answer
 //!   `unavailable`; `unsubscribe` always succeeds and takes effect at once.
 //!   Dropping the feed (either half) closes its connection.
-//! - **Registry, leases, sessions** expire by Redis TTLs; listings skip (and
-//!   clean up) expired index entries. Lease acquire, renew and release are
-//!   owner-checked scripts, so exactly one of many contenders wins.
+//! - **Registry, leases, key-value items** expire by Redis TTLs; listings skip
+//!   (and clean up) expired index entries. Lease acquire, renew and release are
+//!   scripts checking owner and token, so exactly one of many contenders wins
+//!   and a stale holder is refused. Fencing tokens and revisions come from one
+//!   counter each, so they only grow per key, across release and expiry too.
+//! - **Key-value puts and deletes** are one script each: the precondition
+//!   (create-only, revision, fence) is decided and the write made atomically.
+//!   `kv_list` answers by lex range on the name index, at most
+//!   [`KV_LIST_LIMIT`](scaled_sockets_scaler::KV_LIST_LIMIT) entries.
 //! - **Presence** entries of instances that left the registry are not returned
-//!   and are deleted lazily by the read that finds them.
+//!   and are deleted: by the read that finds them, and by a background sweep of
+//!   the instance's channels when it unregisters or when `instances()` finds its
+//!   registration expired (each expired id is reported to one caller).
 //!
 //! Commands run on a few multiplexed connections ([`RedisConfig::pool_size`]):
 //! concurrent calls are pipelined on them, never one round trip per message.
@@ -88,13 +103,16 @@
 //! - `config`: [`RedisConfig`] (URL, prefix, timeouts, pool size, probe, feed
 //!   queue capacity, subscribe batch, reconnect backoff).
 //! - `scaler`: [`RedisScaler`], the `Scaler` implementation.
+//! - `leases`: fenced leases.
+//! - `presence`: presence entries and their sweep.
+//! - `kv`: the versioned key-value family.
 //! - `feed`: the subscriber connection, its reader task, the probe and the
 //!   reconnect loop.
 //! - `pool`: the command connections, timeouts and error mapping.
 //! - `scripts`: the Lua scripts.
 //! - `keys`: the key layout above and the hash-tag escaping.
-//! - `codec`: the publication envelope and the JSON of registry and presence
-//!   entries.
+//! - `codec`: the publication envelope (registry and presence JSON is
+//!   `scaled_sockets_scaler::records`).
 //! - `stats`: [`RedisStats`].
 //!
 //! # Requirements
@@ -106,7 +124,10 @@ mod codec;
 mod config;
 mod feed;
 mod keys;
+mod kv;
+mod leases;
 mod pool;
+mod presence;
 mod scaler;
 mod scripts;
 mod stats;

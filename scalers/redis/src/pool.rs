@@ -26,7 +26,8 @@ use tokio::time::{Instant, timeout_at};
 const RECONNECT_HOLDOFF: Duration = Duration::from_millis(100);
 
 /// Maps a Redis client error to the scaler's error.
-pub(crate) fn map_error(err: &RedisError, timeout: Duration) -> ScalerError {
+/// The client error is kept as the source.
+pub(crate) fn map_error(err: RedisError, timeout: Duration) -> ScalerError {
     use redis::{ErrorKind, ServerErrorKind};
     if err.is_timeout() {
         return ScalerError::Timeout(timeout);
@@ -37,7 +38,7 @@ pub(crate) fn map_error(err: &RedisError, timeout: Duration) -> ScalerError {
         || err.is_unrecoverable_error()
         || err.is_cluster_error()
     {
-        return ScalerError::Unavailable(err.to_string());
+        return ScalerError::unavailable(err.to_string()).with_source(err);
     }
     match err.kind() {
         ErrorKind::Server(
@@ -46,9 +47,11 @@ pub(crate) fn map_error(err: &RedisError, timeout: Duration) -> ScalerError {
             | ServerErrorKind::ReadOnly
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown,
-        ) => ScalerError::Unavailable(err.to_string()),
-        ErrorKind::AuthenticationFailed => ScalerError::Unavailable(err.to_string()),
-        _ => ScalerError::Backend(err.to_string()),
+        ) => ScalerError::unavailable(err.to_string()).with_source(err),
+        ErrorKind::AuthenticationFailed => {
+            ScalerError::unavailable(err.to_string()).with_source(err)
+        }
+        _ => ScalerError::backend(err.to_string()).with_source(err),
     }
 }
 
@@ -101,8 +104,8 @@ impl Slot {
             .failed_at
             .is_some_and(|t| t.elapsed() < RECONNECT_HOLDOFF)
         {
-            return Some(Err(ScalerError::Unavailable(
-                "redis connection failed moments ago".into(),
+            return Some(Err(ScalerError::unavailable(
+                "redis connection failed moments ago",
             )));
         }
         None
@@ -213,10 +216,7 @@ impl Pool {
             Ok(Err(e)) => {
                 state.failed_at = Some(Instant::now());
                 tracing::debug!(error = %e, "redis connect failed");
-                Err(match map_error(&e, timeout) {
-                    ScalerError::Backend(m) => ScalerError::Unavailable(m),
-                    other => other,
-                })
+                Err(map_error(e, timeout).into_unavailable())
             }
             Err(_) => {
                 state.failed_at = Some(Instant::now());
@@ -248,7 +248,7 @@ impl Pool {
                 if breaks_connection(&e) {
                     self.discard(&lease);
                 }
-                Err(map_error(&e, self.timeout))
+                Err(map_error(e, self.timeout))
             }
             Err(_) => {
                 // A connection that does not answer in time may be silently dead

@@ -1,7 +1,7 @@
 //! [`RedisScaler`]: the [`Scaler`] implementation.
 
 use crate::{
-    RedisConfig, RedisStats, codec,
+    RedisConfig, RedisStats,
     feed::{self, FeedSettings},
     keys::Keys,
     pool::Pool,
@@ -12,10 +12,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::Value;
 use scaled_sockets_scaler::{
-    Feed, HistoryPage, HistoryRequest, InstanceInfo, LeaseOutcome, PresenceEntry, Publication,
-    PublishOptions, Result, Scaler, ScalerError, StreamPosition, Topic,
+    Feed, HistoryPage, HistoryRequest, InstanceInfo, Lease, LeaseOutcome, PresenceEntry,
+    Publication, PublishOptions, PutMode, PutOptions, Result, Scaler, ScalerError, StreamPosition,
+    Topic, Versioned,
+    check::{check_channel, check_send_topic},
+    records,
+    types::new_epoch,
 };
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 /// The Redis scaler. Cheap to clone; clones share connections and counters.
 ///
@@ -41,15 +45,15 @@ const MAX_TTL_MS: u128 = 1_000_000_000_000_000;
 
 /// Milliseconds for a TTL argument: at least 1 (Redis rejects 0), at most
 /// [`MAX_TTL_MS`].
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().clamp(1, MAX_TTL_MS) as u64
 }
 
-fn backend(what: &str) -> ScalerError {
-    ScalerError::Backend(format!("unexpected reply from redis: {what}"))
+pub(crate) fn backend(what: &str) -> ScalerError {
+    ScalerError::backend(format!("unexpected reply from redis: {what}"))
 }
 
-fn bulk(v: &Value) -> Option<&[u8]> {
+pub(crate) fn bulk(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
@@ -57,11 +61,11 @@ fn bulk(v: &Value) -> Option<&[u8]> {
     }
 }
 
-fn text(v: &Value) -> Option<&str> {
+pub(crate) fn text(v: &Value) -> Option<&str> {
     std::str::from_utf8(bulk(v)?).ok()
 }
 
-fn number(v: &Value) -> Option<u64> {
+pub(crate) fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Int(n) => u64::try_from(*n).ok(),
         other => text(other)?.parse().ok(),
@@ -71,13 +75,6 @@ fn number(v: &Value) -> Option<u64> {
 /// Parses a history stream id `<offset>-0`.
 fn stream_offset(v: &Value) -> Option<u64> {
     text(v)?.split_once('-')?.0.parse().ok()
-}
-
-fn check_channel(channel: &str) -> Result<()> {
-    if channel.is_empty() {
-        return Err(ScalerError::InvalidArgument("empty channel name".into()));
-    }
-    Ok(())
 }
 
 fn ensure_crypto_provider() {
@@ -127,11 +124,11 @@ impl RedisScaler {
         &self.inner.config
     }
 
-    fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.inner.keys
     }
 
-    fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
     }
 
@@ -187,7 +184,7 @@ impl Scaler for RedisScaler {
             .arg(payload.as_ref())
             .arg(options.history_size.min(i64::MAX as usize))
             .arg(ms(options.history_ttl))
-            .arg(codec::new_epoch())
+            .arg(new_epoch())
             .arg(keys.topic_channel(&Topic::channel(channel)));
         let (offset, epoch): (String, String) = self.pool().script(&call).await?;
         let offset = offset.parse().map_err(|_| backend("publish offset"))?;
@@ -195,11 +192,7 @@ impl Scaler for RedisScaler {
     }
 
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if matches!(topic, Topic::Channel(_)) {
-            return Err(ScalerError::InvalidArgument(
-                "send is for user, session and instance topics; publish to channels".into(),
-            ));
-        }
+        check_send_topic(topic)?;
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.keys().topic_channel(topic))
             .arg(payload.as_ref());
@@ -212,8 +205,8 @@ impl Scaler for RedisScaler {
         let mut call = scripts::HISTORY.prepare_invoke();
         call.key(keys.channel_meta(channel))
             .key(keys.channel_stream(channel))
-            .arg(codec::new_epoch())
-            .arg(ms(PublishOptions::default().history_ttl));
+            .arg(new_epoch())
+            .arg(ms(request.ttl));
         match &request.since {
             Some(since) => call
                 .arg(since.offset)
@@ -262,7 +255,7 @@ impl Scaler for RedisScaler {
         let mut call = scripts::REGISTER.prepare_invoke();
         call.key(keys.instance(&info.id))
             .key(keys.instance_index())
-            .arg(codec::encode_instance(info))
+            .arg(records::encode_instance(info))
             .arg(ms(ttl))
             .arg(&info.id);
         self.pool().script::<i64>(&call).await.map(drop)
@@ -274,7 +267,9 @@ impl Scaler for RedisScaler {
         call.key(keys.instance(id))
             .key(keys.instance_index())
             .arg(id);
-        self.pool().script::<i64>(&call).await.map(drop)
+        self.pool().script::<i64>(&call).await?;
+        self.sweep_presence_later(vec![id.to_owned()]);
+        Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
@@ -282,11 +277,12 @@ impl Scaler for RedisScaler {
         let mut call = scripts::INSTANCES.prepare_invoke();
         call.key(keys.instance_index())
             .arg(keys.instance_key_prefix());
-        let raw: Vec<Vec<u8>> = self.pool().script(&call).await?;
+        let (raw, gone): (Vec<Vec<u8>>, Vec<String>) = self.pool().script(&call).await?;
+        self.sweep_presence_later(gone);
         Ok(raw
             .iter()
             .filter_map(|r| {
-                let info = codec::decode_instance(r);
+                let info = records::decode_instance(r);
                 if info.is_none() {
                     tracing::warn!("ignoring a malformed instance registration in redis");
                 }
@@ -296,154 +292,50 @@ impl Scaler for RedisScaler {
     }
 
     async fn acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<LeaseOutcome> {
-        let keys = self.keys();
-        let mut call = scripts::ACQUIRE.prepare_invoke();
-        call.key(keys.lease(key))
-            .key(keys.lease_index())
-            .arg(owner)
-            .arg(ms(ttl))
-            .arg(key);
-        let (won, holder): (i64, String) = self.pool().script(&call).await?;
-        Ok(if won == 1 {
-            LeaseOutcome::Acquired
-        } else {
-            LeaseOutcome::HeldBy(holder)
-        })
+        self.lease_acquire(key, owner, ttl).await
     }
 
-    async fn renew_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let keys = self.keys();
-        let mut call = scripts::RENEW.prepare_invoke();
-        call.key(keys.lease(key))
-            .key(keys.lease_index())
-            .arg(owner)
-            .arg(ms(ttl))
-            .arg(key);
-        Ok(self.pool().script::<i64>(&call).await? == 1)
+    async fn renew_lease(&self, key: &str, owner: &str, token: u64, ttl: Duration) -> Result<bool> {
+        self.lease_renew(key, owner, token, ttl).await
     }
 
-    async fn release_lease(&self, key: &str, owner: &str) -> Result<bool> {
-        let keys = self.keys();
-        let mut call = scripts::RELEASE.prepare_invoke();
-        call.key(keys.lease(key))
-            .key(keys.lease_index())
-            .arg(owner)
-            .arg(key);
-        Ok(self.pool().script::<i64>(&call).await? == 1)
+    async fn release_lease(&self, key: &str, owner: &str, token: u64) -> Result<bool> {
+        self.lease_release(key, owner, token).await
     }
 
-    async fn lease_owner(&self, key: &str) -> Result<Option<String>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.keys().lease(key));
-        self.pool().query(&cmd).await
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.lease_get(key).await
     }
 
-    async fn leases(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        let keys = self.keys();
-        let mut call = scripts::LEASES.prepare_invoke();
-        call.key(keys.lease_index())
-            .arg(keys.lease_key_prefix())
-            .arg(prefix);
-        let flat: Vec<String> = self.pool().script(&call).await?;
-        Ok(flat
-            .chunks_exact(2)
-            .map(|kv| (kv[0].clone(), kv[1].clone()))
-            .collect())
+    async fn leases(&self, prefix: &str) -> Result<Vec<(String, Lease)>> {
+        self.lease_list(prefix).await
     }
 
     async fn presence_add(&self, channel: &str, entry: &PresenceEntry) -> Result<()> {
-        check_channel(channel)?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.keys().channel_presence(channel))
-            .arg(&entry.client)
-            .arg(codec::encode_presence(entry));
-        self.pool().query::<i64>(&cmd).await.map(drop)
+        self.presence_put(channel, entry).await
     }
 
     async fn presence_remove(&self, channel: &str, client: &str) -> Result<()> {
-        check_channel(channel)?;
-        let mut cmd = redis::cmd("HDEL");
-        cmd.arg(self.keys().channel_presence(channel)).arg(client);
-        self.pool().query::<i64>(&cmd).await.map(drop)
+        self.presence_delete(channel, client).await
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>> {
-        check_channel(channel)?;
-        let keys = self.keys();
-        let hash = keys.channel_presence(channel);
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&hash);
-        let raw: Vec<(String, Vec<u8>)> = self.pool().query(&cmd).await?;
-        if raw.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut entries = Vec::with_capacity(raw.len());
-        let mut corrupt = Vec::new();
-        for (client, value) in raw {
-            match codec::decode_presence(client.clone(), &value) {
-                Some(entry) => entries.push(entry),
-                None => corrupt.push(client),
-            }
-        }
-        // Which of the instances named are registered (one round trip; the
-        // registry keys share one slot).
-        let instances: Vec<&str> = entries
-            .iter()
-            .map(|e| e.instance.as_str())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut pipe = redis::pipe();
-        for id in &instances {
-            pipe.cmd("EXISTS").arg(keys.instance(id));
-        }
-        let exists: Vec<i64> = self.pool().pipe(&pipe).await?;
-        let live: BTreeSet<&str> = instances
-            .iter()
-            .zip(&exists)
-            .filter(|(_, e)| **e > 0)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut stale = corrupt;
-        let mut kept = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            if live.contains(entry.instance.as_str()) {
-                kept.push(entry.clone());
-            } else {
-                stale.push(entry.client.clone());
-            }
-        }
-        if !stale.is_empty() {
-            // Lazy cleanup of entries whose instance left; failure only delays it.
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(&hash).arg(&stale);
-            if let Err(e) = self.pool().query::<i64>(&cmd).await {
-                tracing::debug!(error = %e, "presence cleanup failed");
-            }
-        }
-        kept.sort();
-        Ok(kept)
+        self.presence_list(channel).await
     }
 
-    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys().session(id))
-            .arg(value.as_ref())
-            .arg("PX")
-            .arg(ms(ttl));
-        self.pool().query::<()>(&cmd).await
+    async fn kv_get(&self, key: &str) -> Result<Option<Versioned>> {
+        self.item_get(key).await
     }
 
-    async fn session_get(&self, id: &str) -> Result<Option<Bytes>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.keys().session(id));
-        let value: Option<Vec<u8>> = self.pool().query(&cmd).await?;
-        Ok(value.map(Bytes::from))
+    async fn kv_put(&self, key: &str, value: Bytes, options: &PutOptions) -> Result<u64> {
+        self.item_put(key, value, options).await
     }
 
-    async fn session_delete(&self, id: &str) -> Result<()> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.keys().session(id));
-        self.pool().query::<i64>(&cmd).await.map(drop)
+    async fn kv_delete(&self, key: &str, mode: PutMode) -> Result<bool> {
+        self.item_delete(key, mode).await
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
+        self.item_list(prefix).await
     }
 }

@@ -122,13 +122,19 @@ return 1
 /// Lists live instances, dropping index entries whose key expired.
 ///
 /// KEYS: 1 registry index. ARGV: 1 instance key prefix.
-/// Returns the JSON of each live instance. The instance keys are computed from
-/// the index; they share the index's `{registry}` hash tag, so they are in its
-/// slot.
+/// Returns `{{json...}, {gone id...}}`: the JSON of each live instance, and the
+/// ids this call found gone (expired), whose presence entries the caller then
+/// sweeps. An id is reported gone by exactly one call. The instance keys are
+/// computed from the index; they share the index's `{registry}` hash tag, so
+/// they are in its slot.
 pub(crate) static INSTANCES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_MS}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+local gone = {{}}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
+  redis.call('ZREM', KEYS[1], id)
+  gone[#gone + 1] = id
+end
 local out = {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local v = redis.call('GET', ARGV[1] .. id)
@@ -136,36 +142,70 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     out[#out + 1] = v
   else
     redis.call('ZREM', KEYS[1], id)
+    gone[#gone + 1] = id
   end
 end
-return out
+return {{out, gone}}
 "
     ))
 });
 
-/// Takes a lease if free, renews it if the caller holds it.
+/// Deletes a channel's presence entries of one instance.
 ///
-/// KEYS: 1 lease key, 2 lease index. ARGV: 1 owner, 2 TTL ms, 3 lease name.
-/// Returns `{1, owner}` when acquired, `{0, holder}` otherwise.
+/// KEYS: 1 presence hash. ARGV: 1 instance id. Returns how many were deleted.
+pub(crate) static PRESENCE_SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, e = pcall(cjson.decode, all[i + 1])
+  if ok and type(e) == 'table' and (e['i'] == ARGV[1] or e['instance'] == ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    n = n + 1
+  end
+end
+return n
+",
+    )
+});
+
+/// Takes a lease if free (with a new fencing token), renews it if the caller
+/// holds it (keeping its token).
+///
+/// The lease value is `<token>:<owner>`. Tokens come from one counter for all
+/// leases (`KEYS[3]`, never expires): a per-key counter would have to outlive
+/// its lease, a global one only ever grows.
+///
+/// KEYS: 1 lease key, 2 lease index, 3 token counter. ARGV: 1 owner, 2 TTL ms,
+/// 3 lease name.
+/// Returns `{1, owner, token}` when acquired, `{0, holder, token}` otherwise.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_MS}
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local holder = redis.call('GET', KEYS[1])
+local cur = redis.call('GET', KEYS[1])
+local token
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  token = string.sub(cur, 1, sep - 1)
+  local holder = string.sub(cur, sep + 1)
   if holder ~= ARGV[1] then
-    return {{0, holder}}
+    return {{0, holder, token}}
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  token = string.format('%d', redis.call('INCR', KEYS[3]))
+  redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
 end
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]) + 1000, ARGV[3])
-return {{1, ARGV[1]}}
+return {{1, ARGV[1], token}}
 "
     ))
 });
 
-/// Extends a lease if the caller holds it.
+/// Extends a lease if the caller holds it with this token.
 ///
-/// KEYS: 1 lease key, 2 lease index. ARGV: 1 owner, 2 TTL ms, 3 lease name.
+/// KEYS: 1 lease key, 2 lease index. ARGV: 1 `<token>:<owner>`, 2 TTL ms, 3 lease name.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_MS}
@@ -179,9 +219,9 @@ return 1
     ))
 });
 
-/// Gives up a lease if the caller holds it.
+/// Gives up a lease if the caller holds it with this token.
 ///
-/// KEYS: 1 lease key, 2 lease index. ARGV: 1 owner, 2 lease name.
+/// KEYS: 1 lease key, 2 lease index. ARGV: 1 `<token>:<owner>`, 2 lease name.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -198,8 +238,8 @@ return 1
 /// Lists live leases whose name starts with a prefix.
 ///
 /// KEYS: 1 lease index. ARGV: 1 lease key prefix, 2 name prefix.
-/// Returns `{name1, owner1, name2, owner2, ...}`. Lease keys share the index's
-/// `{lease}` hash tag.
+/// Returns `{name1, value1, name2, value2, ...}` (values `<token>:<owner>`).
+/// Lease keys share the index's `{lease}` hash tag.
 pub(crate) static LEASES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_MS}
@@ -208,13 +248,127 @@ local out = {{}}
 local p = ARGV[2]
 for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if string.sub(name, 1, #p) == p then
-    local owner = redis.call('GET', ARGV[1] .. name)
-    if owner then
+    local value = redis.call('GET', ARGV[1] .. name)
+    if value then
       out[#out + 1] = name
-      out[#out + 1] = owner
+      out[#out + 1] = value
     else
       redis.call('ZREM', KEYS[1], name)
     end
+  end
+end
+return out
+"
+    ))
+});
+
+/// Forgets, in the key-value indexes, up to `n` names whose TTL passed (their
+/// item keys expired by themselves).
+const KV_SWEEP: &str = r"
+local function kv_sweep(names, exp, n)
+  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now_ms(), 'LIMIT', 0, n)
+  for _, name in ipairs(gone) do
+    redis.call('ZREM', names, name)
+    redis.call('ZREM', exp, name)
+  end
+end
+";
+
+/// The precondition of a key-value write, decided like
+/// `scaled_sockets_scaler::check::mode_holds`. `rev` and `fence` are the item's
+/// (false when absent). Returns nil when it holds, else the conflict message.
+const KV_MODE: &str = r"
+local function kv_conflict(mode, arg, rev, fence)
+  if mode == 'create' and rev then
+    return 'create-only put: the key exists (revision ' .. rev .. ')'
+  end
+  if mode == 'rev' and rev ~= arg then
+    return 'expected revision ' .. arg .. ', found ' .. (rev and ('revision ' .. rev) or 'no value')
+  end
+  if mode == 'fence' and rev and tonumber(arg) < tonumber(fence or '0') then
+    return 'fencing token ' .. arg .. ' is below the key' .. string.char(39) .. 's fence ' .. fence
+  end
+  return nil
+end
+";
+
+/// Writes a key-value item if its precondition holds.
+///
+/// The item is a hash (`v` value, `r` revision, `f` fence) with the item's TTL.
+/// Revisions come from one counter for all items (never expires), so they grow
+/// per key across deletes and expiry. `names` (all scores 0) lists the names
+/// for prefix listing by lex range; `exp` scores names with a TTL by expiry, so
+/// expired names leave `names` too.
+///
+/// KEYS: 1 item, 2 names, 3 exp, 4 revision counter.
+/// ARGV: 1 value, 2 mode (`any`, `create`, `rev`, `fence`), 3 mode argument,
+/// 4 TTL ms (`0`: none), 5 name.
+/// Returns `{1, revision}` or `{0, conflict message}`.
+pub(crate) static KV_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{NOW_MS}{KV_SWEEP}{KV_MODE}
+kv_sweep(KEYS[2], KEYS[3], 16)
+local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
+local why = kv_conflict(ARGV[2], ARGV[3], cur[1], cur[2])
+if why then
+  return {{0, why}}
+end
+local fence = tonumber(cur[2] or '0')
+if ARGV[2] == 'fence' and tonumber(ARGV[3]) > fence then
+  fence = tonumber(ARGV[3])
+end
+local rev = string.format('%d', redis.call('INCR', KEYS[4]))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', rev, 'f', string.format('%d', fence))
+if ARGV[4] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), ARGV[5])
+else
+  redis.call('ZREM', KEYS[3], ARGV[5])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[5])
+return {{1, rev}}
+"
+    ))
+});
+
+/// Deletes a key-value item if its precondition holds.
+///
+/// KEYS: 1 item, 2 names, 3 exp. ARGV: 1 mode (`any`, `rev`, `fence`), 2 mode
+/// argument, 3 name.
+/// Returns `{1, deleted (0/1)}` or `{0, conflict message}`.
+pub(crate) static KV_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{KV_MODE}
+local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
+local why = kv_conflict(ARGV[1], ARGV[2], cur[1], cur[2])
+if why then
+  return {{0, why}}
+end
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return {{1, redis.call('DEL', KEYS[1])}}
+"
+    ))
+});
+
+/// Lists live key-value items by name prefix, in name order.
+///
+/// KEYS: 1 names, 2 exp. ARGV: 1 item key prefix, 2 lex min, 3 lex max, 4 limit.
+/// Returns `{name1, value1, revision1, ...}`.
+pub(crate) static KV_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{NOW_MS}{KV_SWEEP}
+kv_sweep(KEYS[1], KEYS[2], 1000)
+local out = {{}}
+for _, name in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', 0, ARGV[4])) do
+  local cur = redis.call('HMGET', ARGV[1] .. name, 'v', 'r')
+  if cur[2] then
+    out[#out + 1] = name
+    out[#out + 1] = cur[1]
+    out[#out + 1] = cur[2]
+  else
+    redis.call('ZREM', KEYS[1], name)
   end
 end
 return out

@@ -1,6 +1,10 @@
 //! Counters of one [`crate::RedisScaler`] and all its feeds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use scaled_sockets_scaler::outbox::OutboxCounters;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 /// A snapshot of a scaler's counters ([`crate::RedisScaler::stats`]). Counters
 /// only grow, except `feeds_open`.
@@ -26,8 +30,8 @@ pub struct RedisStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) feeds_open: AtomicU64,
-    pub(crate) feed_events_dropped: AtomicU64,
-    pub(crate) feed_overflows: AtomicU64,
+    /// Dropped events and overflow reports, counted by the feeds' outboxes.
+    pub(crate) outbox: Arc<OutboxCounters>,
     pub(crate) feed_interruptions: AtomicU64,
     pub(crate) feed_resumptions: AtomicU64,
     pub(crate) probes_sent: AtomicU64,
@@ -43,8 +47,8 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RedisStats {
             feeds_open: get(&self.feeds_open),
-            feed_events_dropped: get(&self.feed_events_dropped),
-            feed_overflows: get(&self.feed_overflows),
+            feed_events_dropped: get(&self.outbox.dropped),
+            feed_overflows: get(&self.outbox.overflows),
             feed_interruptions: get(&self.feed_interruptions),
             feed_resumptions: get(&self.feed_resumptions),
             probes_sent: get(&self.probes_sent),

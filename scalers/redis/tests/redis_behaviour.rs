@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use scaled_sockets_redis::{RedisConfig, RedisScaler};
 use scaled_sockets_scaler::{
     Feed, FeedEvent, HistoryRequest, InstanceInfo, PresenceEntry, PublishOptions, Scaler,
-    ScalerError, Topic, types::now_ms,
+    ScalerError, ScalerExt, Topic, types::now_ms,
 };
 use scaled_sockets_test_harness::RedisServer;
 use std::{
@@ -396,13 +396,15 @@ async fn keys_and_channels_stay_under_the_prefix_with_one_tag_per_channel() {
         full_sets, 2,
         "both published channels have meta, stream and presence"
     );
-    // Registry and lease keys each share one tag too.
-    let registry: HashSet<&str> = keys
-        .iter()
-        .filter(|k| k.contains("{registry}"))
-        .map(|k| hash_tag(k))
-        .collect();
-    assert_eq!(registry, HashSet::from(["registry"]));
+    // Registry, lease and key-value keys each share one tag too.
+    for tag in ["registry", "lease", "kv"] {
+        let found: HashSet<&str> = keys
+            .iter()
+            .filter(|k| k.contains(&format!("{{{tag}}}")))
+            .map(|k| hash_tag(k))
+            .collect();
+        assert_eq!(found, HashSet::from([tag]), "{tag}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,6 +766,7 @@ async fn edge_values_are_handled() {
             &HistoryRequest {
                 since: Some(first.clone()),
                 limit: 10,
+                ..HistoryRequest::default()
             },
         )
         .await
@@ -775,6 +778,7 @@ async fn edge_values_are_handled() {
             &HistoryRequest {
                 since: Some(second.clone()),
                 limit: 0,
+                ..HistoryRequest::default()
             },
         )
         .await
@@ -795,6 +799,7 @@ async fn edge_values_are_handled() {
             &HistoryRequest {
                 since: Some(second),
                 limit: 10,
+                ..HistoryRequest::default()
             },
         )
         .await
@@ -818,12 +823,19 @@ async fn edge_values_are_handled() {
     s.session_put("forever", Bytes::from_static(b"v"), Duration::MAX)
         .await
         .expect("max TTL");
-    assert_eq!(
+    assert!(matches!(
         s.acquire_lease("l", "o", Duration::MAX)
             .await
             .expect("lease"),
-        scaled_sockets_scaler::LeaseOutcome::Acquired
-    );
+        scaled_sockets_scaler::LeaseOutcome::Acquired { .. }
+    ));
+    s.kv_put(
+        "forever",
+        Bytes::from_static(b"v"),
+        &scaled_sockets_scaler::PutOptions::default().with_ttl(Duration::MAX),
+    )
+    .await
+    .expect("max TTL");
     // Binary payloads survive both paths.
     let mut feed = s.open_feed(&unique("inst")).await.expect("feed");
     feed.control
@@ -857,6 +869,7 @@ async fn edge_values_are_handled() {
                     pos.epoch.clone(),
                 )),
                 limit: 10,
+                ..HistoryRequest::default()
             },
         )
         .await

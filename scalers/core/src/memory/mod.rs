@@ -12,15 +12,20 @@
 //! ([`MemoryScaler::set_feeds_connected`]), which is exactly the window in which
 //! other systems lose messages silently.
 
+mod state;
+
 use crate::{
-    Feed, FeedControl, FeedEvent, HistoryPage, HistoryRequest, InstanceInfo, LeaseOutcome,
-    PresenceEntry, Publication, PublishOptions, Result, Scaler, ScalerError, StreamPosition, Topic,
+    Feed, FeedControl, FeedEvent, HistoryPage, HistoryRequest, InstanceInfo, Lease, LeaseOutcome,
+    PresenceEntry, Publication, PublishOptions, PutMode, PutOptions, Result, Scaler, ScalerError,
+    StreamPosition, Topic, Versioned,
+    check::{check_channel, check_delete_mode, check_key, check_owner, check_send_topic},
     feed::FEED_QUEUE_CAPACITY,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use state::{FeedSlot, State};
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashSet,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -42,148 +47,6 @@ struct Inner {
     down: AtomicBool,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    streams: HashMap<Arc<str>, Stream>,
-    feeds: HashMap<u64, FeedSlot>,
-    subscribers: HashMap<Topic, HashSet<u64>>,
-    instances: HashMap<String, (InstanceInfo, Instant)>,
-    leases: HashMap<String, (String, Instant)>,
-    presence: HashMap<String, HashMap<String, PresenceEntry>>,
-    sessions: HashMap<String, (Bytes, Instant)>,
-    next_feed_id: u64,
-    feeds_disconnected: bool,
-    next_sweep: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct Stream {
-    epoch: Arc<str>,
-    offset: u64,
-    history: VecDeque<Publication>,
-    expires_at: Instant,
-}
-
-#[derive(Debug)]
-struct FeedSlot {
-    tx: mpsc::Sender<FeedEvent>,
-    topics: HashSet<Topic>,
-    /// Events dropped because the queue was full, not yet reported.
-    dropped: u64,
-    /// An `Interrupted` was delivered and no `Resumed` yet.
-    interrupted: bool,
-}
-
-impl FeedSlot {
-    /// Hands an event to the feed without ever blocking. Returns false if the
-    /// feed's receiver is gone.
-    fn deliver(&mut self, event: FeedEvent) -> bool {
-        use mpsc::error::TrySendError;
-        if self.dropped > 0 {
-            match self.tx.try_send(FeedEvent::Overflowed {
-                dropped: self.dropped,
-            }) {
-                Ok(()) => self.dropped = 0,
-                Err(TrySendError::Full(_)) => {
-                    self.dropped += 1;
-                    return true;
-                }
-                Err(TrySendError::Closed(_)) => return false,
-            }
-        }
-        match self.tx.try_send(event) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.dropped += 1;
-                true
-            }
-            Err(TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-fn new_epoch() -> Arc<str> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Arc::from(&id[..8])
-}
-
-impl State {
-    /// Drops expired entries now and then, so keys nobody reads again do not pile up.
-    fn sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_some_and(|t| now < t) {
-            return;
-        }
-        self.next_sweep = Some(now + Duration::from_secs(5));
-        self.streams.retain(|_, s| s.expires_at > now);
-        self.instances.retain(|_, (_, exp)| *exp > now);
-        self.leases.retain(|_, (_, exp)| *exp > now);
-        self.sessions.retain(|_, (_, exp)| *exp > now);
-        let live: HashSet<&String> = self.instances.keys().collect();
-        self.presence.retain(|_, entries| {
-            entries.retain(|_, e| live.contains(&e.instance));
-            !entries.is_empty()
-        });
-    }
-
-    /// The channel's stream, created (with a new epoch) if absent or expired.
-    fn stream(&mut self, channel: &str, now: Instant, ttl: Duration) -> &mut Stream {
-        let expired = self
-            .streams
-            .get(channel)
-            .is_some_and(|s| s.expires_at <= now);
-        if expired {
-            self.streams.remove(channel);
-        }
-        self.streams
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Stream {
-                epoch: new_epoch(),
-                offset: 0,
-                history: VecDeque::new(),
-                expires_at: now + ttl,
-            })
-    }
-
-    fn deliver(&mut self, topic: &Topic, event: FeedEvent) {
-        if self.feeds_disconnected {
-            // The feeds' "connections" are down: the message is lost for them, as it
-            // would be on a real pub/sub bus. They learn about it via Resumed.
-            return;
-        }
-        let Some(ids) = self.subscribers.get(topic) else {
-            return;
-        };
-        let mut closed = Vec::new();
-        for id in ids {
-            if let Some(slot) = self.feeds.get_mut(id) {
-                if !slot.deliver(event.clone()) {
-                    closed.push(*id);
-                }
-            }
-        }
-        for id in closed {
-            self.remove_feed(id);
-        }
-    }
-
-    fn remove_feed(&mut self, id: u64) {
-        if let Some(slot) = self.feeds.remove(&id) {
-            for topic in slot.topics {
-                if let Some(set) = self.subscribers.get_mut(&topic) {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        self.subscribers.remove(&topic);
-                    }
-                }
-            }
-        }
-    }
-
-    fn live_instance(&self, id: &str, now: Instant) -> bool {
-        self.instances.get(id).is_some_and(|(_, exp)| *exp > now)
-    }
-}
-
 impl MemoryScaler {
     /// A new, empty scaler.
     pub fn new() -> Self {
@@ -192,15 +55,15 @@ impl MemoryScaler {
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
         if self.inner.down.load(Ordering::SeqCst) {
-            return Err(ScalerError::Unavailable(
-                "memory scaler is simulating an outage".into(),
+            return Err(ScalerError::unavailable(
+                "memory scaler is simulating an outage",
             ));
         }
         let mut state = self
             .inner
             .state
             .lock()
-            .map_err(|_| ScalerError::Backend("memory scaler state poisoned".into()))?;
+            .map_err(|_| ScalerError::backend("memory scaler state poisoned"))?;
         state.sweep(Instant::now());
         Ok(state)
     }
@@ -354,9 +217,7 @@ impl Scaler for MemoryScaler {
         payload: Bytes,
         options: &PublishOptions,
     ) -> Result<StreamPosition> {
-        if channel.is_empty() {
-            return Err(ScalerError::InvalidArgument("empty channel name".into()));
-        }
+        check_channel(channel)?;
         let now = Instant::now();
         let mut state = self.lock()?;
         let stream = state.stream(channel, now, options.history_ttl);
@@ -383,11 +244,7 @@ impl Scaler for MemoryScaler {
     }
 
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if matches!(topic, Topic::Channel(_)) {
-            return Err(ScalerError::InvalidArgument(
-                "send is for user, session and instance topics; publish to channels".into(),
-            ));
-        }
+        check_send_topic(topic)?;
         let mut state = self.lock()?;
         state.deliver(
             topic,
@@ -400,14 +257,12 @@ impl Scaler for MemoryScaler {
     }
 
     async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage> {
-        if channel.is_empty() {
-            return Err(ScalerError::InvalidArgument("empty channel name".into()));
-        }
+        check_channel(channel)?;
         let now = Instant::now();
         let mut state = self.lock()?;
-        // A channel nobody publishes to keeps its epoch as long as a default
-        // history TTL; publishing then renews it with the publisher's TTL.
-        let stream = state.stream(channel, now, PublishOptions::default().history_ttl);
+        // A channel nobody publishes to keeps its epoch for the caller's TTL;
+        // publishing then renews it with the publisher's TTL.
+        let stream = state.stream(channel, now, request.ttl);
         let top = StreamPosition::new(stream.offset, stream.epoch.clone());
         let Some(since) = &request.since else {
             return Ok(HistoryPage {
@@ -456,80 +311,52 @@ impl Scaler for MemoryScaler {
     }
 
     async fn unregister_instance(&self, id: &str) -> Result<()> {
-        self.lock()?.instances.remove(id);
+        let mut state = self.lock()?;
+        state.instances.remove(id);
+        state.forget_presence_of(&HashSet::from([id]));
         Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
         let now = Instant::now();
-        Ok(self
-            .lock()?
+        let mut state = self.lock()?;
+        state.forget_expired_instances(now);
+        Ok(state
             .instances
             .values()
-            .filter(|(_, exp)| *exp > now)
             .map(|(info, _)| info.clone())
             .collect())
     }
 
     async fn acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<LeaseOutcome> {
+        check_key(key, "lease key")?;
+        check_owner(owner)?;
+        Ok(self.lock()?.acquire_lease(key, owner, ttl, Instant::now()))
+    }
+
+    async fn renew_lease(&self, key: &str, owner: &str, token: u64, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
+        Ok(self.lock()?.renew_lease(key, owner, token, now + ttl, now))
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str, token: u64) -> Result<bool> {
         let mut state = self.lock()?;
-        match state.leases.get(key) {
-            Some((holder, exp)) if *exp > now && holder != owner => {
-                Ok(LeaseOutcome::HeldBy(holder.clone()))
-            }
-            _ => {
-                state
-                    .leases
-                    .insert(key.to_owned(), (owner.to_owned(), now + ttl));
-                Ok(LeaseOutcome::Acquired)
-            }
+        if state
+            .held_lease(key, owner, token, Instant::now())
+            .is_none()
+        {
+            return Ok(false);
         }
+        state.leases.remove(key);
+        Ok(true)
     }
 
-    async fn renew_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let now = Instant::now();
-        let mut state = self.lock()?;
-        match state.leases.get_mut(key) {
-            Some((holder, exp)) if *exp > now && holder == owner => {
-                *exp = now + ttl;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self.lock()?.lease(key, Instant::now()))
     }
 
-    async fn release_lease(&self, key: &str, owner: &str) -> Result<bool> {
-        let now = Instant::now();
-        let mut state = self.lock()?;
-        match state.leases.get(key) {
-            Some((holder, exp)) if *exp > now && holder == owner => {
-                state.leases.remove(key);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn lease_owner(&self, key: &str) -> Result<Option<String>> {
-        let now = Instant::now();
-        Ok(self
-            .lock()?
-            .leases
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(owner, _)| owner.clone()))
-    }
-
-    async fn leases(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        let now = Instant::now();
-        Ok(self
-            .lock()?
-            .leases
-            .iter()
-            .filter(|(k, (_, exp))| k.starts_with(prefix) && *exp > now)
-            .map(|(k, (owner, _))| (k.clone(), owner.clone()))
-            .collect())
+    async fn leases(&self, prefix: &str) -> Result<Vec<(String, Lease)>> {
+        Ok(self.lock()?.leases(prefix, Instant::now()))
     }
 
     async fn presence_add(&self, channel: &str, entry: &PresenceEntry) -> Result<()> {
@@ -567,25 +394,22 @@ impl Scaler for MemoryScaler {
         Ok(entries)
     }
 
-    async fn session_put(&self, id: &str, value: Bytes, ttl: Duration) -> Result<()> {
+    async fn kv_get(&self, key: &str) -> Result<Option<Versioned>> {
+        Ok(self.lock()?.kv_get(key, Instant::now()))
+    }
+
+    async fn kv_put(&self, key: &str, value: Bytes, options: &PutOptions) -> Result<u64> {
+        check_key(key, "key")?;
         self.lock()?
-            .sessions
-            .insert(id.to_owned(), (value, Instant::now() + ttl));
-        Ok(())
+            .kv_put(key, value, options.mode, options.ttl, Instant::now())
     }
 
-    async fn session_get(&self, id: &str) -> Result<Option<Bytes>> {
-        let now = Instant::now();
-        Ok(self
-            .lock()?
-            .sessions
-            .get(id)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(v, _)| v.clone()))
+    async fn kv_delete(&self, key: &str, mode: PutMode) -> Result<bool> {
+        check_delete_mode(mode)?;
+        self.lock()?.kv_delete(key, mode, Instant::now())
     }
 
-    async fn session_delete(&self, id: &str) -> Result<()> {
-        self.lock()?.sessions.remove(id);
-        Ok(())
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
+        Ok(self.lock()?.kv_list(prefix, Instant::now()))
     }
 }

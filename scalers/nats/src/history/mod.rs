@@ -44,7 +44,7 @@
 //!   background. A channel that is absent (never published, or aged out by the
 //!   stream's `max_age`, or purged by an operator) also starts a new epoch.
 //!   `history()` on such a channel writes an *epoch marker* (offset 0, empty
-//!   payload, default TTL) so the epoch a subscriber is given is the one later
+//!   payload, the request's TTL) so the epoch a subscriber is given is the one later
 //!   publications carry; feeds skip markers.
 //! - **Size**: `Ss-Oldest` records, per write, the oldest offset history may
 //!   answer for (exactly the `MemoryScaler` deque semantics, including
@@ -59,39 +59,37 @@
 //! actually read back (offsets `since+1..=top`, gap-free, same epoch). Up to 16
 //! missed messages are read by walking the `Ss-Prev` chain back from the head;
 //! more through a short-lived ephemeral consumer on the channel's subject.
+//!
+//! # Files
+//! - `mod.rs`: the stream, publish (append by compare-and-set), the head cache,
+//!   `history`.
+//! - `head`: the headers and what a channel's last message says (`Head`).
+//! - `read`: reading heads and missed publications back.
+
+mod head;
+mod read;
+
+pub use head::{EPOCH_HEADER, OFFSET_HEADER, live_publication};
 
 use crate::{
     errors::{classify, to_scaler},
     names::Names,
-    records::{FETCH_IDLE, TTL_HEADER, ttl_expired},
+    records::TTL_HEADER,
 };
 use async_nats::{
     HeaderMap, HeaderValue, header,
-    jetstream::{
-        Context,
-        consumer::{AckPolicy, DeliverPolicy, pull},
-        context::PublishErrorKind,
-        stream::{LastRawMessageErrorKind, Stream},
-    },
+    jetstream::{Context, context::PublishErrorKind, stream::Stream},
 };
 use bytes::Bytes;
-use futures_util::StreamExt;
+use head::{EPOCH_SEQ_HEADER, Head, OLDEST_HEADER, PREV_HEADER};
 use scaled_sockets_scaler::{
-    HistoryPage, HistoryRequest, Publication, PublishOptions, Result, StreamPosition,
+    HistoryPage, HistoryRequest, PublishOptions, Result, StreamPosition, types::new_epoch,
 };
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-
-/// Header: the publication's offset (0 = epoch marker).
-pub const OFFSET_HEADER: &str = "Ss-Offset";
-/// Header: the stream epoch.
-pub const EPOCH_HEADER: &str = "Ss-Epoch";
-const OLDEST_HEADER: &str = "Ss-Oldest";
-const PREV_HEADER: &str = "Ss-Prev";
-const EPOCH_SEQ_HEADER: &str = "Ss-Epoch-Seq";
 
 /// Missed publications read by walking back from the head; above this a consumer
 /// reads them.
@@ -103,96 +101,6 @@ const TRIM_EVERY: u64 = 32;
 const CONTENDED_FOR: Duration = Duration::from_secs(10);
 /// Most channels whose head is cached.
 const CACHE_MAX: usize = 10_000;
-
-/// A channel's state, as its last message says.
-#[derive(Clone, Debug)]
-struct Head {
-    seq: u64,
-    offset: u64,
-    epoch: Arc<str>,
-    oldest: u64,
-    prev: u64,
-    epoch_seq: u64,
-    /// History TTL passed (or the message is not ours): the stream is lost.
-    lost: bool,
-    payload: Bytes,
-}
-
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.as_str().parse().ok()
-}
-
-impl Head {
-    fn parse(
-        seq: u64,
-        headers: Option<&HeaderMap>,
-        time: async_nats::datetime::DateTime,
-        payload: Bytes,
-    ) -> Self {
-        let parsed = headers.and_then(|h| {
-            Some(Self {
-                seq,
-                offset: header_u64(h, OFFSET_HEADER)?,
-                epoch: Arc::from(h.get(EPOCH_HEADER)?.as_str()),
-                oldest: header_u64(h, OLDEST_HEADER)?,
-                prev: header_u64(h, PREV_HEADER)?,
-                epoch_seq: header_u64(h, EPOCH_SEQ_HEADER)?,
-                lost: ttl_expired(Some(h), time),
-                payload: payload.clone(),
-            })
-        });
-        parsed.unwrap_or_else(|| {
-            tracing::warn!(
-                seq,
-                "history message without scaler headers; treating the channel as lost"
-            );
-            Self {
-                seq,
-                offset: 0,
-                epoch: Arc::from(""),
-                oldest: 1,
-                prev: 0,
-                epoch_seq: seq + 1,
-                lost: true,
-                payload,
-            }
-        })
-    }
-
-    fn publication(&self, channel: &Arc<str>) -> Publication {
-        Publication {
-            channel: channel.clone(),
-            offset: self.offset,
-            epoch: self.epoch.clone(),
-            payload: self.payload.clone(),
-        }
-    }
-}
-
-/// Parses a republished (live) message into a publication; `None` for epoch
-/// markers and foreign messages.
-pub fn live_publication(
-    channel: &Arc<str>,
-    headers: Option<&HeaderMap>,
-    payload: Bytes,
-) -> Option<Publication> {
-    let headers = headers?;
-    let offset = header_u64(headers, OFFSET_HEADER)?;
-    if offset == 0 {
-        return None;
-    }
-    Some(Publication {
-        channel: channel.clone(),
-        offset,
-        epoch: Arc::from(headers.get(EPOCH_HEADER)?.as_str()),
-        payload,
-    })
-}
-
-fn new_epoch() -> Arc<str> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Arc::from(&id[..12])
-}
 
 #[derive(Debug)]
 struct Cached {
@@ -221,7 +129,7 @@ pub struct History {
 }
 
 /// What one attempt to append found.
-enum Append {
+pub(crate) enum Append {
     Stored(u64),
     Conflict,
 }
@@ -286,30 +194,6 @@ impl History {
 
     fn capped_ttl(&self, ttl: Duration) -> Duration {
         ttl.clamp(Duration::from_millis(1), self.max_ttl)
-    }
-
-    async fn read_head(&self, subject: &str) -> Result<Option<Head>> {
-        match self.stream.get_last_raw_message_by_subject(subject).await {
-            Ok(msg) => Ok(Some(Head::parse(
-                msg.sequence,
-                Some(&msg.headers),
-                msg.time,
-                msg.payload,
-            ))),
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(err) => Err(classify("read channel head", &err, self.timeout)),
-        }
-    }
-
-    async fn read_seq(&self, seq: u64) -> Result<Option<(String, Head)>> {
-        match self.stream.get_raw_message(seq).await {
-            Ok(msg) => Ok(Some((
-                msg.subject.to_string(),
-                Head::parse(msg.sequence, Some(&msg.headers), msg.time, msg.payload),
-            ))),
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(err) => Err(classify("read history", &err, self.timeout)),
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -433,7 +317,7 @@ impl History {
             let expected_seq = head.as_ref().map_or(0, |h| h.seq);
             let (epoch, offset, prev_oldest, epoch_seq, new_epoch) = match &head {
                 Some(h) if !h.lost => (h.epoch.clone(), h.offset + 1, h.oldest, h.epoch_seq, false),
-                _ => (new_epoch(), 1, 1, expected_seq + 1, true),
+                _ => (Arc::from(new_epoch()), 1, 1, expected_seq + 1, true),
             };
             let oldest = if size == 0 {
                 offset + 1
@@ -493,7 +377,7 @@ impl History {
 
     /// The channel's live head, starting a new epoch (with a marker) when it has
     /// none.
-    async fn live_head(&self, subject: &str) -> Result<Head> {
+    async fn live_head(&self, subject: &str, ttl: Duration) -> Result<Head> {
         loop {
             let head = self.read_head(subject).await?;
             if let Some(head) = &head
@@ -502,8 +386,8 @@ impl History {
                 return Ok(head.clone());
             }
             let expected_seq = head.as_ref().map_or(0, |h| h.seq);
-            let epoch = new_epoch();
-            let ttl = self.capped_ttl(PublishOptions::default().history_ttl);
+            let epoch: Arc<str> = Arc::from(new_epoch());
+            let ttl = self.capped_ttl(ttl);
             match self
                 .append(
                     subject,
@@ -541,7 +425,7 @@ impl History {
     /// docs.
     pub async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage> {
         let subject = self.names.history_subject(channel);
-        let head = self.live_head(&subject).await?;
+        let head = self.live_head(&subject, request.ttl).await?;
         let top = StreamPosition::new(head.offset, head.epoch.clone());
         let not_recovered = |top| HistoryPage {
             top,
@@ -585,136 +469,5 @@ impl History {
             },
             None => not_recovered(top),
         })
-    }
-
-    /// Offsets `from..=head.offset` by following `Ss-Prev` back from the head.
-    async fn walk_back(
-        &self,
-        subject: &str,
-        channel: &Arc<str>,
-        head: &Head,
-        from: u64,
-    ) -> Result<Option<Vec<Publication>>> {
-        let mut out = vec![head.publication(channel)];
-        let mut current = head.clone();
-        while current.offset > from {
-            let Some((msg_subject, prev)) = self.read_seq(current.prev).await? else {
-                return Ok(None);
-            };
-            if msg_subject != subject
-                || prev.epoch != head.epoch
-                || prev.offset + 1 != current.offset
-            {
-                return Ok(None);
-            }
-            out.push(prev.publication(channel));
-            current = prev;
-        }
-        out.reverse();
-        Ok(Some(out))
-    }
-
-    /// Offsets `from..=head.offset` through an ephemeral consumer on the channel's
-    /// subject, starting at the epoch's first possible sequence.
-    async fn read_forward(
-        &self,
-        subject: &str,
-        channel: &Arc<str>,
-        head: &Head,
-        from: u64,
-    ) -> Result<Option<Vec<Publication>>> {
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: head.epoch_seq.max(1),
-                },
-                filter_subject: subject.to_owned(),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(to_scaler("read history", self.timeout))?;
-        let name = consumer.cached_info().name.clone();
-        let mut pending = consumer.cached_info().num_pending;
-        let mut out: Vec<Publication> = Vec::new();
-        let result: Result<bool> = async {
-            'outer: while pending > 0 {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(pending.min(1000) as usize)
-                    .messages()
-                    .await
-                    .map_err(to_scaler("read history", self.timeout))?;
-                let mut got = 0;
-                // A message counted in `pending` may be purged before it is
-                // fetched; the server then keeps the request waiting. Stop after
-                // a short silence instead of waiting for it.
-                while let Ok(Some(msg)) = tokio::time::timeout(FETCH_IDLE, batch.next()).await {
-                    let msg = msg.map_err(|e| classify("read history", &*e, self.timeout))?;
-                    got += 1;
-                    let info = msg
-                        .info()
-                        .map_err(|e| classify("read history", &*e, self.timeout))?;
-                    pending = info.pending;
-                    let seq = info.stream_sequence;
-                    if seq > head.seq {
-                        break 'outer;
-                    }
-                    let h = Head::parse(
-                        seq,
-                        msg.headers.as_ref(),
-                        info.published,
-                        msg.payload.clone(),
-                    );
-                    if h.epoch != head.epoch || h.offset < from {
-                        continue;
-                    }
-                    if h.offset != from + out.len() as u64 {
-                        return Ok(false);
-                    }
-                    out.push(h.publication(channel));
-                    if seq == head.seq {
-                        break 'outer;
-                    }
-                }
-                if got == 0 {
-                    break;
-                }
-            }
-            Ok(true)
-        }
-        .await;
-        let stream = self.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
-        let complete = result?
-            && out.first().is_some_and(|p| p.offset == from)
-            && out.last().is_some_and(|p| p.offset == head.offset);
-        Ok(complete.then_some(out))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn live_publication_skips_markers_and_foreign_messages() {
-        let ch: Arc<str> = Arc::from("c");
-        let mut h = HeaderMap::new();
-        h.insert(OFFSET_HEADER, "0");
-        h.insert(EPOCH_HEADER, "e");
-        assert!(live_publication(&ch, Some(&h), Bytes::new()).is_none());
-        assert!(live_publication(&ch, None, Bytes::new()).is_none());
-        let mut h = HeaderMap::new();
-        h.insert(OFFSET_HEADER, "7");
-        h.insert(EPOCH_HEADER, "e");
-        let p = live_publication(&ch, Some(&h), Bytes::from_static(b"x")).expect("publication");
-        assert_eq!((p.offset, &*p.epoch, &p.payload[..]), (7, "e", &b"x"[..]));
     }
 }
