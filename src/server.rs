@@ -12,7 +12,7 @@ use crate::{
 };
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use scaled_sockets_scaler::Scaler;
+use scaled_sockets_scaler::{Scaler, TimeoutScaler};
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,9 @@ impl Server {
     /// instance) and starts the background tasks.
     pub async fn start(config: Config, scaler: Arc<dyn Scaler>, app: App) -> Result<Self, Error> {
         app.validate()?;
+        // Every scaler call is bounded once, here, rather than at each call
+        // site: a backend that hangs answers `timeout` instead of stalling.
+        let scaler: Arc<dyn Scaler> = Arc::new(TimeoutScaler::new(scaler, config.scaler_timeout));
         let (hub, shutdown) = Hub::start(config, scaler).await?;
         Ok(Self {
             endpoint: Endpoint {

@@ -3,7 +3,7 @@
 use crate::{
     data::Data,
     error::CommandError,
-    hub::{Hub, PeerMessage, bounded},
+    hub::{Hub, PeerMessage},
     protocol,
 };
 use bytes::Bytes;
@@ -115,12 +115,11 @@ impl Sockets {
         // Encoded once here; every instance forwards the same bytes.
         let frame = protocol::tell(event, data.get(), None);
         let payload = Bytes::from(frame);
-        bounded(
-            self.hub.config.scaler_timeout,
-            self.hub.scaler.send(&topic, payload),
-        )
-        .await
-        .map_err(Into::into)
+        self.hub
+            .scaler
+            .send(&topic, payload)
+            .await
+            .map_err(Into::into)
     }
 
     /// Subscribes a connection to a channel server-side; it gets a `subscribed`
@@ -178,18 +177,11 @@ impl Sockets {
 
     /// Who is subscribed to a channel, on every instance.
     pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, CommandError> {
-        bounded(
-            self.hub.config.scaler_timeout,
-            self.hub.scaler.presence(channel),
-        )
-        .await
-        .map_err(Into::into)
+        self.hub.scaler.presence(channel).await.map_err(Into::into)
     }
 
     /// Live instances of the cluster.
     pub async fn instances(&self) -> Result<Vec<InstanceInfo>, CommandError> {
-        bounded(self.hub.config.scaler_timeout, self.hub.scaler.instances())
-            .await
-            .map_err(Into::into)
+        self.hub.scaler.instances().await.map_err(Into::into)
     }
 }

@@ -9,7 +9,6 @@ use crate::{
     config::Config,
     data::Data,
     error::{CommandError, ErrorCode},
-    hub::bounded,
     mailbox::{ConnEvent, Outbound},
     metrics::Metrics,
     protocol::{self, ClientFrame, SubscriptionRequest, close},
@@ -309,7 +308,7 @@ impl Conn {
         let hub = self.hub.clone();
         let channel = channel.into_owned();
         self.spawn_command(id, async move {
-            let entries = bounded(hub.config.scaler_timeout, hub.scaler.presence(&channel)).await;
+            let entries = hub.scaler.presence(&channel).await;
             match entries {
                 Ok(entries) => presence_reply(id, &entries, &hub.config),
                 Err(e) => {

@@ -2,10 +2,8 @@
 //! reconnects (to any instance) within the resume window gets its
 //! subscriptions back.
 
-use crate::{
-    hub::{Hub, bounded},
-    protocol::SubscriptionRequest,
-};
+use crate::{hub::Hub, protocol::SubscriptionRequest};
+use scaled_sockets_scaler::ScalerExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -26,7 +24,7 @@ pub(super) async fn restore(
     user: &Option<String>,
 ) -> Option<Vec<SubscriptionRequest>> {
     let lookup = hub.scaler.session_get(requested);
-    match bounded(hub.config.scaler_timeout, lookup).await {
+    match lookup.await {
         Ok(Some(bytes)) => match serde_json::from_slice::<SessionRecord>(&bytes) {
             Ok(record) if record.user == *user => Some(record.subscriptions),
             Ok(_) => None,
@@ -51,7 +49,7 @@ pub(super) async fn save(hub: &Arc<Hub>, session: &str, record: &SessionRecord) 
     let put = hub
         .scaler
         .session_put(session, bytes.into(), hub.config.resume_window);
-    if let Err(e) = bounded(hub.config.scaler_timeout, put).await {
+    if let Err(e) = put.await {
         tracing::warn!(error = %e, "could not save the session; it may not be resumable");
     }
 }

@@ -126,7 +126,7 @@ impl Conn {
                     user: handle.user.as_deref().map(str::to_owned),
                     instance: hub.id.to_string(),
                 };
-                bounded(timeout, hub.scaler.presence_add(&channel, &entry)).await?;
+                hub.scaler.presence_add(&channel, &entry).await?;
                 Ok(())
             };
             let result = match bounded(timeout, steps).await {
@@ -458,7 +458,7 @@ fn encode_replayed(p: &scaled_sockets_scaler::Publication) -> Utf8Bytes {
 
 async fn remove_presence(hub: &Hub, channel: &str, client: &str) {
     let remove = hub.scaler.presence_remove(channel, client);
-    if let Err(e) = bounded(hub.config.scaler_timeout, remove).await {
+    if let Err(e) = remove.await {
         tracing::debug!(error = %e, "presence remove failed; the entry expires with the instance");
     }
 }

@@ -4,7 +4,7 @@ use super::{
     ScaledSocketsService,
     response::{BoxError, ResponseBody, api_error, json, read_body, text},
 };
-use crate::{data::Data, error::ErrorCode, hub::bounded, sockets::Sockets};
+use crate::{data::Data, error::ErrorCode, sockets::Sockets};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -204,8 +204,8 @@ impl ScaledSocketsService {
             instances: Vec<Instance>,
             cores: Vec<Core>,
         }
-        let timeout = self.endpoint.hub.config.scaler_timeout;
-        let instances = match bounded(timeout, self.endpoint.hub.scaler.instances()).await {
+        let _timeout = self.endpoint.hub.config.scaler_timeout;
+        let instances = match self.endpoint.hub.scaler.instances().await {
             Ok(list) => list,
             Err(e) => {
                 return api_error(

@@ -13,10 +13,10 @@
 //! full checks. One check runs at a time; a request meanwhile sets a dirty
 //! flag and the running check goes round once more.
 
-use super::{Hub, bounded, lock};
+use super::{Hub, lock};
 use crate::mailbox::{ConnEvent, Mailbox, Outbound};
 use futures_util::StreamExt;
-use scaled_sockets_scaler::{PresenceEntry, ScalerExt, StreamPosition, Topic};
+use scaled_sockets_scaler::{PresenceEntry, StreamPosition, Topic};
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -97,9 +97,8 @@ async fn check_channel(hub: &Arc<Hub>, channel: Arc<str>, restore_presence: bool
     if restore_presence {
         restore_channel_presence(hub, &channel).await;
     }
-    let top = bounded(hub.config.scaler_timeout, hub.scaler.stream_top(&channel)).await;
-    let top = match top {
-        Ok(top) => top,
+    let top = match hub.read_history(channel.clone(), None).await {
+        Ok(page) => page.top.clone(),
         Err(e) => {
             // Without a top we cannot tell who missed what: every subscriber
             // checks from its own position (and retries while that fails).
@@ -131,7 +130,7 @@ async fn restore_channel_presence(hub: &Hub, channel: &Arc<str>) {
             instance: hub.id.to_string(),
         };
         let add = hub.scaler.presence_add(channel, &entry);
-        if let Err(e) = bounded(hub.config.scaler_timeout, add).await {
+        if let Err(e) = add.await {
             tracing::warn!(%channel, error = %e, "could not restore presence");
             return;
         }
@@ -141,7 +140,7 @@ async fn restore_channel_presence(hub: &Hub, channel: &Arc<str>) {
             .is_some_and(|e| e.members.contains_key(&conn.key));
         if !still {
             let remove = hub.scaler.presence_remove(channel, &conn.client);
-            let _ = bounded(hub.config.scaler_timeout, remove).await;
+            let _ = remove.await;
         }
     }
 }

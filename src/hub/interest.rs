@@ -11,7 +11,7 @@
 //! slow consumer and is closed with 4008: one slow client never stalls the
 //! others, and memory stays bounded.
 
-use super::{Hub, bounded, lock};
+use super::{Hub, lock};
 use crate::{
     mailbox::{Mailbox, Outbound},
     metrics::Metrics,
@@ -52,11 +52,7 @@ impl Hub {
         let result = cell
             .get_or_try_init(|| async {
                 let _ops = self.feed_ops.lock().await;
-                bounded(
-                    self.config.scaler_timeout,
-                    self.feed.subscribe(std::slice::from_ref(topic)),
-                )
-                .await?;
+                self.feed.subscribe(std::slice::from_ref(topic)).await?;
                 self.metrics.backend_topics.fetch_add(1, Ordering::Relaxed);
                 Ok::<(), ScalerError>(())
             })
@@ -99,7 +95,7 @@ impl Hub {
             if was_subscribed {
                 hub.metrics.backend_topics.fetch_sub(1, Ordering::Relaxed);
                 let unsub = hub.feed.unsubscribe(std::slice::from_ref(&topic));
-                if let Err(e) = bounded(hub.config.scaler_timeout, unsub).await {
+                if let Err(e) = unsub.await {
                     // The feed forgets it on reconnect at the latest; a stale
                     // subscription costs traffic, not correctness.
                     tracing::warn!(?topic, error = %e, "feed unsubscribe failed");

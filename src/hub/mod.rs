@@ -298,11 +298,10 @@ impl Hub {
         protocol::validate_name(channel, "channel").map_err(CommandError::bad_request)?;
         self.check_data_size(data)?;
         let payload = Bytes::copy_from_slice(data.as_bytes());
-        let result = bounded(
-            self.config.scaler_timeout,
-            self.scaler.publish(channel, payload, &self.config.history),
-        )
-        .await;
+        let result = self
+            .scaler
+            .publish(channel, payload, &self.config.history)
+            .await;
         match result {
             Ok(pos) => {
                 Metrics::inc(&self.metrics.publications_total);

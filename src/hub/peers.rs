@@ -7,7 +7,7 @@
 //! connection goes straight to that instance's inbox; asks are correlated by a
 //! request number in [`RemoteAsks`] and answered to the asker's inbox.
 
-use super::{Hub, bounded, instance_of, lock};
+use super::{Hub, instance_of, lock};
 use crate::{
     data::Data,
     error::{CommandError, ErrorCode},
@@ -82,12 +82,10 @@ impl Hub {
     ) -> Result<(), CommandError> {
         let payload = serde_json::to_vec(message)
             .map_err(|e| CommandError::internal(format!("encode: {e}")))?;
-        bounded(
-            self.config.scaler_timeout,
-            self.scaler.send(&Topic::instance(instance), payload.into()),
-        )
-        .await
-        .map_err(Into::into)
+        self.scaler
+            .send(&Topic::instance(instance), payload.into())
+            .await
+            .map_err(Into::into)
     }
 
     pub(crate) async fn route(

@@ -5,7 +5,7 @@
 //! history once per channel and position, and handing the same page to each,
 //! keeps the backend's work per instance instead of per subscriber.
 
-use super::{Hub, bounded, lock};
+use super::{Hub, lock};
 use crate::{error::CommandError, mailbox::SharedPage};
 use futures_util::{
     FutureExt,
@@ -47,9 +47,12 @@ impl Hub {
                         let request = HistoryRequest {
                             since,
                             limit: hub.config.recovery_limit,
+                            // A stream created by this read lives as long as
+                            // one created by a publication.
+                            ttl: hub.config.history.history_ttl,
                         };
                         let read = hub.scaler.history(&channel, &request);
-                        let page = bounded(hub.config.scaler_timeout, read).await;
+                        let page = read.await;
                         // Done: later readers must read afresh.
                         lock(&hub.history_reads.0).remove(&(channel, request.since));
                         page.map(Arc::new).map_err(CommandError::from)

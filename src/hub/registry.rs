@@ -19,11 +19,7 @@ impl Hub {
             updated_at_ms: now_ms(),
         };
         let ttl = self.config.heartbeat_interval * 5;
-        bounded(
-            self.config.scaler_timeout,
-            self.scaler.register_instance(&info, ttl),
-        )
-        .await
+        self.scaler.register_instance(&info, ttl).await
     }
 
     /// The ids of the live instances, read from the registry at most once per
@@ -42,7 +38,7 @@ impl Hub {
                 return Ok(ids);
             }
         }
-        let list = bounded(self.config.scaler_timeout, self.scaler.instances()).await?;
+        let list = self.scaler.instances().await?;
         let ids: Arc<HashSet<String>> = Arc::new(list.into_iter().map(|i| i.id).collect());
         *lock(&self.live_instances) = Some((Instant::now(), ids.clone()));
         Ok(ids)
