@@ -66,7 +66,8 @@ pub(crate) enum ConnEvent {
         id: Option<u64>,
         channel: Arc<str>,
         generation: u64,
-        recovering: bool,
+        /// The position the client recovers from, if it gave one.
+        since: Option<StreamPosition>,
         result: SharedPage,
     },
     /// Missing publications were read from history (or could not be).

@@ -26,6 +26,7 @@ use crate::{
     error::CommandError,
     hub::Hub,
     mailbox::{ConnEvent, Mailbox, Outbound},
+    metrics::Metrics,
     protocol::{self, SubscriptionRequest},
     rate_limit::TokenBucket,
     shutdown::DrainGuard,
@@ -40,7 +41,7 @@ use std::{
     sync::Arc,
     time::Instant,
 };
-use subscriptions::ChannelSub;
+use subscriptions::{ChannelSub, rolled_back};
 use tokio::sync::oneshot;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -154,9 +155,9 @@ impl Conn {
                 id,
                 channel,
                 generation,
-                recovering,
+                since,
                 result,
-            } => self.on_subscribed(id, channel, generation, recovering, result, out),
+            } => self.on_subscribed(id, channel, generation, since, result, out),
             ConnEvent::Repaired {
                 channel,
                 generation,
@@ -170,11 +171,19 @@ impl Conn {
                     sub.recheck = true;
                     return;
                 }
-                let behind = sub
-                    .position
-                    .as_ref()
-                    .is_some_and(|pos| top.epoch != pos.epoch || top.offset > pos.offset);
-                if behind {
+                let Some(pos) = &sub.position else {
+                    return;
+                };
+                if rolled_back(&top, pos) {
+                    // The backend lost publications this client already has
+                    // (restarted from a snapshot, a lagging replica promoted):
+                    // their offsets will be used again. Say so, and go on
+                    // from the stream's top, rather than drop the new ones
+                    // as duplicates.
+                    Metrics::inc(&self.hub.metrics.recovery_failures_total);
+                    out.push(protocol::subscribed(&channel, top.offset, &top.epoch, false).into());
+                    sub.position = Some(top);
+                } else if top.epoch != pos.epoch || top.offset > pos.offset {
                     self.start_repair(channel, None);
                 }
             }
