@@ -77,6 +77,10 @@ pub(crate) enum ConnEvent {
         result: SharedPage,
     },
     /// The feed may have missed publications: compare with the stream's top.
+    /// The feed resumed after an outage: the backend may have lost state.
+    /// Live publications wait until the next gap check has compared every
+    /// subscription with its stream's top.
+    Hold,
     GapCheck {
         channel: Arc<str>,
         top: StreamPosition,

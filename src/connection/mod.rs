@@ -163,18 +163,31 @@ impl Conn {
                 generation,
                 result,
             } => self.on_repaired(channel, generation, result, out),
+            ConnEvent::Hold => {
+                for sub in self.subs.values_mut() {
+                    if sub.position.is_some() && sub.buffer.is_none() {
+                        sub.buffer = Some(Box::default());
+                        sub.held = true;
+                    }
+                }
+            }
             ConnEvent::GapCheck { channel, top } => {
                 let Some(sub) = self.subs.get_mut(&channel) else {
                     return;
                 };
-                if sub.buffer.is_some() {
+                if sub.buffer.is_some() && !sub.held {
                     sub.recheck = true;
                     return;
                 }
-                let Some(pos) = &sub.position else {
+                // Only a held subscription can judge a top behind it: its
+                // position was frozen before the top was read. Otherwise
+                // live delivery may simply have moved past a top read a
+                // moment ago.
+                let held = std::mem::take(&mut sub.held);
+                let Some(pos) = sub.position.clone() else {
                     return;
                 };
-                if rolled_back(&top, pos) {
+                if held && rolled_back(&top, &pos) {
                     // The backend lost publications this client already has
                     // (restarted from a snapshot, a lagging replica promoted):
                     // their offsets will be used again. Say so, and go on
@@ -182,9 +195,11 @@ impl Conn {
                     // as duplicates.
                     Metrics::inc(&self.hub.metrics.recovery_failures_total);
                     out.push(protocol::subscribed(&channel, top.offset, &top.epoch, false).into());
-                    sub.position = Some(top);
+                    self.finish_buffering(&channel, top, out);
                 } else if top.epoch != pos.epoch || top.offset > pos.offset {
                     self.start_repair(channel, None);
+                } else if sub.buffer.is_some() {
+                    self.finish_buffering(&channel, pos, out);
                 }
             }
             ConnEvent::ServerAsk { event, data, reply } => {

@@ -36,6 +36,8 @@ pub(super) struct ChannelSub {
     pub(super) recheck: bool,
     /// Failed history reads in a row (for the retry backoff).
     pub(super) retries: u8,
+    /// Buffering since the feed resumed, until the next gap check.
+    pub(super) held: bool,
 }
 
 impl Conn {
@@ -93,6 +95,7 @@ impl Conn {
                 buffer: Some(Box::default()),
                 recheck: false,
                 retries: 0,
+                held: false,
             },
         );
         // A recovery position: offset with its epoch (an offset without an epoch
@@ -214,7 +217,11 @@ impl Conn {
         let Some(since) = sub.position.clone() else {
             return;
         };
-        sub.buffer = Some(Box::new(first.into_iter().collect()));
+        // Publications held since a resume stay, in order, before `first`.
+        let mut buffer = sub.buffer.take().unwrap_or_default();
+        buffer.extend(first);
+        sub.buffer = Some(buffer);
+        sub.held = false;
         sub.recheck = false;
         let generation = sub.generation;
         let hub = self.hub.clone();
@@ -391,7 +398,7 @@ impl Conn {
 
     /// Ends buffering at `position`: releases the waiting live publications in
     /// order (dropping what the client already has) and repairs any further gap.
-    fn finish_buffering(
+    pub(super) fn finish_buffering(
         &mut self,
         channel: &Arc<str>,
         position: StreamPosition,
