@@ -131,13 +131,13 @@ describe("one instance", () => {
   test("ask times out client-side when the server does not answer", async () => {
     const c = client();
     await c.connect();
-    server.signal("SIGSTOP");
+    await server.pause();
     try {
       const t0 = Date.now();
       await assert.rejects(c.ask("echo", 1, { timeoutMs: 300 }), { code: "timeout" });
       assert.ok(Date.now() - t0 >= 290);
     } finally {
-      server.signal("SIGCONT");
+      server.resume();
     }
     assert.equal(await c.ask("echo", 2), 2, "the connection still works");
   });
@@ -179,14 +179,14 @@ describe("one instance", () => {
     await c.connect();
     const closed = deferred();
     c.on("closed", (e) => closed.resolve(e));
-    server.signal("SIGSTOP");
+    await server.pause();
     let pending;
     try {
       pending = c.ask("echo", 1).then(() => null, (e) => e);
       await sleep(20);
       await c.close();
     } finally {
-      server.signal("SIGCONT");
+      server.resume();
     }
     assert.equal((await pending)?.code, "closed");
     assert.equal(await closed.promise, null);

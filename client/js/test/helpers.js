@@ -2,7 +2,7 @@
 // free loopback ports, and small waiting helpers. Nothing is mocked.
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -103,6 +103,26 @@ class Proc {
 
   signal(sig) {
     if (this.alive) process.kill(this.child.pid, sig);
+  }
+
+  /** SIGSTOP, then waits until the kernel reports every thread stopped. */
+  async pause() {
+    this.signal("SIGSTOP");
+    await waitFor(() => {
+      const dir = `/proc/${this.child.pid}/task`;
+      const stopped = (t) => {
+        try {
+          return /^\d+ \(.*\) [tT] /.test(readFileSync(`${dir}/${t}/stat`, "utf8"));
+        } catch {
+          return true; // the thread exited meanwhile
+        }
+      };
+      return readdirSync(dir).every(stopped);
+    }, 5000, `${this.name} to stop`);
+  }
+
+  resume() {
+    this.signal("SIGCONT");
   }
 
   async kill9() {
