@@ -2,15 +2,18 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Client, ScaledSocketsError, socketUrl, backoffDelay } from "../scaled-sockets.js";
-import { WebSocket, deferred, makeJwt, sleep, startServer, stopAll, waitFor } from "./helpers.js";
+import { WebSocket, deferred, freePort, makeJwt, sleep, startServer, stopAll, waitFor } from "./helpers.js";
 
 const opts = (extra = {}) => ({ WebSocket, reconnect: { minMs: 50, maxMs: 500 }, ...extra });
 
 describe("one instance", () => {
   let server;
   const clients = [];
-  const client = (extra) => {
-    const c = new Client(server.url, opts(extra));
+  const client = (urlOrExtra, extra) => {
+    const [url, o] = typeof urlOrExtra === "string" || Array.isArray(urlOrExtra)
+      ? [urlOrExtra, extra]
+      : [server.url, urlOrExtra];
+    const c = new Client(url, opts(o));
     clients.push(c);
     return c;
   };
@@ -194,6 +197,39 @@ describe("one instance", () => {
     await assert.rejects(c.publish("x", 1), { code: "closed" });
     await assert.rejects(c.connect(), { code: "closed" });
     assert.throws(() => c.tell("echo", 1), { code: "closed" });
+  });
+
+  test("a URL list skips a dead URL; a single dead URL rejects connect()", async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const c = client([dead, server.url]);
+    const w = await c.connect();
+    assert.equal(typeof w.client, "string");
+    const lone = client(dead);
+    await assert.rejects(lone.connect(), { code: "unavailable" });
+    assert.equal(lone.state, "disconnected");
+  });
+
+  test("sessionStorage: a new client (a reloaded page) resumes the session", async () => {
+    // The Storage interface of a browser tab, as far as the client uses it.
+    const items = new Map();
+    globalThis.sessionStorage = {
+      getItem: (k) => (items.has(k) ? items.get(k) : null),
+      setItem: (k, v) => items.set(k, String(v)),
+    };
+    try {
+      const first = client({ sessionStorage: true });
+      const w1 = await first.connect();
+      assert.equal([...items.values()][0], w1.session);
+      await first.close();
+      const second = client({ sessionStorage: true });
+      const w2 = await second.connect();
+      assert.equal(w2.session, w1.session);
+      assert.equal(w2.resumed, true);
+      const other = client(); // without the option: a new session
+      assert.notEqual((await other.connect()).session, w1.session);
+    } finally {
+      delete globalThis.sessionStorage;
+    }
   });
 
   test("calls made before connect() are held and sent once connected", async () => {
