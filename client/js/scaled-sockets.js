@@ -154,6 +154,15 @@ function jwtExpiry(token) {
   }
 }
 
+/** JSON text of a frame; data that JSON cannot carry (BigInt, cycles) is a `bad_request`. */
+function encode(frame) {
+  try {
+    return JSON.stringify(frame);
+  } catch (e) {
+    throw fail("bad_request", `data cannot be sent as JSON: ${e && e.message ? e.message : e}`);
+  }
+}
+
 function checkName(what, name) {
   if (typeof name !== "string" || name.length === 0) {
     throw fail("bad_request", `${what} must be a non-empty string`);
@@ -403,14 +412,15 @@ export class Client {
     this._checkOpen();
     const frame = { type: "tell", event, data: data ?? null };
     if (opts.core !== undefined && opts.core !== null) frame.core = opts.core;
+    const text = encode(frame);
     if (this._ready()) {
-      this._conn.handle.send(JSON.stringify(frame));
+      this._conn.handle.send(text);
       return;
     }
     if (this._queue.length >= this._opts.queueLimit) {
       throw fail("unavailable", "disconnected and the send queue is full");
     }
-    this._queue.push({ frame, tell: true });
+    this._queue.push({ text, tell: true });
   }
 
   /** Joins core `core`; resolves with the core's answer. */
@@ -529,11 +539,18 @@ export class Client {
   }
 
   _sendRequest(conn, req) {
+    let text;
+    try {
+      text = encode({ ...req.frame, id: conn.nextId });
+    } catch (e) {
+      this._settle(req, e);
+      return;
+    }
     const id = conn.nextId++;
     req.conn = conn;
     req.id = id;
     conn.pending.set(id, { kind: "request", req });
-    conn.handle.send(JSON.stringify({ ...req.frame, id }));
+    conn.handle.send(text);
   }
 
   _settle(req, err, value) {
@@ -546,7 +563,7 @@ export class Client {
     const queue = this._queue;
     this._queue = [];
     for (const item of queue) {
-      if (item.tell) conn.handle.send(JSON.stringify(item.frame));
+      if (item.tell) conn.handle.send(item.text);
       else this._sendRequest(conn, item);
     }
   }
@@ -1058,7 +1075,14 @@ export class Client {
   _onServerAsk(conn, frame) {
     const { id, event } = frame;
     const send = (answer) => {
-      if (this._conn === conn) conn.handle.send(JSON.stringify(answer));
+      if (this._conn !== conn) return; // asked on a connection that is gone
+      let text;
+      try {
+        text = encode(answer);
+      } catch (e) {
+        text = encode({ type: "error", id, code: "internal", message: e.message });
+      }
+      conn.handle.send(text);
     };
     const handler = this._askHandlers.get(event);
     if (!handler) {

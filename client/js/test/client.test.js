@@ -366,3 +366,22 @@ describe("helpers", () => {
     assert.ok(spread.size > 10, "delays are spread");
   });
 });
+
+describe("bad data", () => {
+  test("data JSON cannot carry is rejected with bad_request before sending", async () => {
+    const server = await startServer();
+    const c = new Client(server.url, opts());
+    try {
+      await c.connect();
+      await assert.rejects(c.publish("js:bad", { n: 10n }), { code: "bad_request" });
+      const cyclic = {};
+      cyclic.self = cyclic;
+      await assert.rejects(c.ask("echo", cyclic), { code: "bad_request" });
+      assert.throws(() => c.tell("echo", { n: 1n }), { code: "bad_request" });
+      assert.equal(await c.ask("echo", "still fine"), "still fine");
+    } finally {
+      await c.close();
+      await stopAll(server);
+    }
+  });
+});
