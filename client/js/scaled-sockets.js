@@ -858,7 +858,11 @@ export class Client {
       this._stop(fatal);
       return;
     }
-    this._scheduleRetry(!!(told && told.reconnect) || (code === 4001 && provider));
+    // At once when the server asked for it (draining, token expired), unless
+    // that connection itself was short-lived after failures: then a server
+    // that keeps sending clients away is not hammered in a loop.
+    const asked = !!(told && told.reconnect) || (code === 4001 && provider);
+    this._scheduleRetry(asked && (this._attempt === 0 || Date.now() - conn.openedAt >= 1000));
   }
 
   /** Stops for good: rejects everything pending with `err`. */
