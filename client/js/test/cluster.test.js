@@ -91,6 +91,37 @@ describe("cluster on Redis", () => {
     assert.ok(killedAt > 0);
   });
 
+  test("a gap history cannot fill is reported as recoveryFailed, and the stream goes on", async () => {
+    const victim = await instance("js-g1", ["--history-size", "5"]);
+    const survivor = await instance("js-g2", ["--history-size", "5"]);
+    // Stay away from the survivor until the gap exists.
+    let allowSurvivor = false;
+    const c = client([victim.url, survivor.url], {
+      chooseUrl: () => (allowSurvivor ? survivor.url : victim.url),
+    });
+    const pub = client(survivor.url);
+    await c.connect();
+    await pub.connect();
+    const got = [];
+    const failed = [];
+    const sub = await c.subscribe("js:gap", (d) => got.push(d), { onRecoveryFailed: (i) => failed.push(i) });
+    const events = [];
+    sub.on("subscribed", (i) => events.push(i));
+    await pub.publish("js:gap", 1);
+    await waitFor(() => got.length === 1, 3000, "first message");
+    await victim.kill9();
+    for (let i = 2; i <= 20; i++) await pub.publish("js:gap", i); // 19 missed, history keeps 5
+    allowSurvivor = true;
+    await waitFor(() => failed.length === 1, 5000, "recoveryFailed");
+    assert.equal(failed[0].recovered, false);
+    assert.equal(failed[0].offset, 20);
+    assert.equal(events.at(-1).recovered, false);
+    await pub.publish("js:gap", 21);
+    await waitFor(() => got.length === 2, 3000, "the live stream after the gap");
+    assert.deepEqual(got, [1, 21], "nothing replayed, nothing duplicated");
+    assert.deepEqual(sub.position.offset, 21);
+  });
+
   test("commands issued while disconnected are queued and sent after the reconnect", async () => {
     const victim = await instance("js-q1");
     const survivor = await instance("js-q2");
