@@ -66,6 +66,8 @@ pub struct App {
     pub(crate) on_connect: Option<Arc<HookFn>>,
     pub(crate) on_disconnect: Option<Arc<HookFn>>,
     pub(crate) state: SharedState,
+    /// Static pages served at `GET <path>`: (content type, body).
+    pub(crate) pages: HashMap<&'static str, (&'static str, &'static str)>,
     state_type: Option<TypeId>,
     /// State types handlers read, by event, checked by [`App::validate`].
     needs: Vec<(String, TypeId, &'static str)>,
@@ -99,6 +101,7 @@ impl App {
             on_connect: None,
             on_disconnect: None,
             state: None,
+            pages: HashMap::new(),
             state_type: None,
             needs: Vec::new(),
         }
@@ -155,6 +158,19 @@ impl App {
             event.into(),
             Arc::new(move |cx, data| handler.call(cx, data)),
         );
+        self
+    }
+
+    /// Serves a static page at `GET path` (an HTML page for the browser client,
+    /// say). Built-in routes (`/ws`, probes, `/api/*`, `/scaled-sockets.js`)
+    /// take precedence.
+    pub fn page(
+        mut self,
+        path: &'static str,
+        content_type: &'static str,
+        body: &'static str,
+    ) -> Self {
+        self.pages.insert(path, (content_type, body));
         self
     }
 
