@@ -355,3 +355,91 @@ async fn a_backend_restored_from_a_snapshot_is_not_a_silent_rollback() {
     assert_eq!(message["data"], "after");
     assert_eq!(message["offset"], published.offset);
 }
+
+/// Finding 7: a connection's publishes waited for each other with no bound:
+/// with a hanging backend the N-th was answered after ~5·N s, and queued
+/// publications were applied minutes later when the backend came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_answers_the_whole_publish_chain_within_the_bound() {
+    use std::sync::atomic::Ordering;
+    let faulty = support::faulty::FaultyScaler::new();
+    let config = scaled_sockets::Config {
+        scaler_timeout: Duration::from_millis(1000),
+        ..test_config("chain")
+    };
+    let srv = TestServer::start(config, Arc::new(faulty.clone()), demo_app()).await;
+    let (mut raw, _) = Raw::connect(&srv.url()).await;
+    faulty.faults.hang_publish.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    for id in 1..=6 {
+        raw.ws
+            .feed(Message::text(
+                json!({"type":"publish","id":id,"channel":"chain","data":id}).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    raw.ws.flush().await.unwrap();
+    let mut codes = vec![String::new(); 6];
+    for _ in 0..6 {
+        let frame = raw.recv().await;
+        if frame["type"] == "error" {
+            let id = frame["id"].as_u64().unwrap() as usize;
+            codes[id - 1] = frame["code"].as_str().unwrap().to_owned();
+        } else {
+            panic!("a publish succeeded against a hanging backend: {frame}");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the chain took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(codes[0], "timeout", "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .skip(1)
+            .all(|c| c == "unavailable" || c == "timeout"),
+        "{codes:?}"
+    );
+    // The backend comes back: nothing that was answered with an error is
+    // applied afterwards.
+    faulty.faults.hang_publish.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let top = faulty
+        .inner
+        .history("chain", &Default::default())
+        .await
+        .unwrap()
+        .top;
+    assert_eq!(top.offset, 0, "stale publications applied after the outage");
+}
+
+/// Finding 4 (second half): live delivery may lose a publication with no
+/// signal at all (NATS delivers at most once). The periodic check of each
+/// subscribed channel's top finds it on a quiet channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_lost_publication_is_found_by_the_periodic_check() {
+    use std::sync::atomic::Ordering;
+    let faulty = support::faulty::FaultyScaler::new();
+    let config = scaled_sockets::Config {
+        gap_check_interval: Duration::from_millis(300),
+        ..test_config("silent")
+    };
+    let srv = TestServer::start(config, Arc::new(faulty.clone()), demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    sub.call(json!({"type":"subscribe","id":1,"channel":"silent"}))
+        .await;
+    faulty.faults.drop_live.store(true, Ordering::SeqCst);
+    let lost = srv
+        .sockets
+        .publish("silent", &scaled_sockets::Data::json(&"lost").unwrap())
+        .await
+        .unwrap();
+    faulty.faults.drop_live.store(false, Ordering::SeqCst);
+    // Nothing else is published and nothing signals the loss.
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["offset"], lost.offset);
+    assert_eq!(message["data"], "lost");
+}

@@ -71,7 +71,7 @@ struct Conn {
     command_bucket: TokenBucket,
     /// Completion of this connection's latest publish: the next one waits for
     /// it, which keeps each connection's publications in its send order.
-    last_publish: Option<oneshot::Receiver<()>>,
+    last_publish: Option<oneshot::Receiver<bool>>,
     /// Completion of this connection's latest presence write (see
     /// `Conn::presence_turn`); `None` once it is done.
     presence_chain: Option<oneshot::Receiver<()>>,
