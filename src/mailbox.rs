@@ -77,6 +77,8 @@ pub(crate) enum ConnEvent {
         result: SharedPage,
     },
     /// The feed may have missed publications: compare with the stream's top.
+    /// Time to save the session record if positions moved.
+    SaveSession,
     /// The feed resumed after an outage: the backend may have lost state.
     /// Live publications wait until the next gap check has compared every
     /// subscription with its stream's top.

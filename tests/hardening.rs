@@ -443,3 +443,58 @@ async fn a_silently_lost_publication_is_found_by_the_periodic_check() {
     assert_eq!(message["offset"], lost.offset);
     assert_eq!(message["data"], "lost");
 }
+
+/// Finding 9: the session record was overwritten on every welcome (resume
+/// included) with an empty subscription list, and positions were saved only
+/// at close: after its instance died, a resumed session came back with
+/// nothing, and said `resumed:true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_after_its_instance_died_gets_its_subscriptions_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        vec![
+            "--allow-anonymous",
+            "--scaler",
+            url.as_str(),
+            "--scaler-prefix",
+            "resume",
+            "--instance-id",
+            id,
+        ]
+    };
+    let mut a = support::BinaryInstance::start(&args("node-a"), &[]);
+    let b = support::BinaryInstance::start(&args("node-b"), &[]);
+    let (mut client, welcome) = Raw::connect(&a.url()).await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    client
+        .call(json!({"type":"subscribe","id":1,"channel":"crash"}))
+        .await;
+    let (mut other, _) = Raw::connect(&b.url()).await;
+    for i in 0..2 {
+        other
+            .call(json!({"type":"publish","id":10 + i,"channel":"crash","data":i}))
+            .await;
+    }
+    assert_eq!(client.recv_type("message").await["offset"], 1);
+    assert_eq!(client.recv_type("message").await["offset"], 2);
+    // Positions are saved in batches (every 2 s by default), not only at close.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    a.child.kill().unwrap(); // SIGKILL: no close, no cleanup
+    let _ = a.child.wait();
+
+    for i in 2..4 {
+        other
+            .call(json!({"type":"publish","id":20 + i,"channel":"crash","data":i}))
+            .await;
+    }
+    // Resume on the survivor without sending any position: the session knows.
+    let (mut resumed, welcome) =
+        Raw::connect_with(&b.url(), json!({"type":"connect","session":session})).await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    let subscribed = resumed.recv_type("subscribed").await;
+    assert_eq!(subscribed["channel"], "crash");
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(resumed.recv_type("message").await["offset"], 3);
+    assert_eq!(resumed.recv_type("message").await["offset"], 4);
+}

@@ -35,7 +35,6 @@ use crate::{
 use hyper_util::rt::TokioIo;
 use io::Socket;
 use scaled_sockets_scaler::Topic;
-use session::SessionRecord;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
@@ -75,6 +74,11 @@ struct Conn {
     /// Completion of this connection's latest presence write (see
     /// `Conn::presence_turn`); `None` once it is done.
     presence_chain: Option<oneshot::Receiver<()>>,
+    /// Completion of this connection's latest session write.
+    session_chain: Option<oneshot::Receiver<()>>,
+    /// `positions_fingerprint` and hub clock of the last session save.
+    saved_fingerprint: u64,
+    saved_at_ms: u64,
     /// When the recent bad frames came (a sliding 10 s window; empty, and so
     /// unallocated, for well-behaved clients).
     bad: VecDeque<Instant>,
@@ -163,6 +167,7 @@ impl Conn {
                 generation,
                 result,
             } => self.on_repaired(channel, generation, result, out),
+            ConnEvent::SaveSession => self.save_session_if_changed(),
             ConnEvent::Hold => {
                 for sub in self.subs.values_mut() {
                     if sub.position.is_some() && sub.buffer.is_none() {
@@ -243,32 +248,12 @@ impl Conn {
         for (_, tx) in self.server_asks.drain() {
             let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
         }
-        let record = SessionRecord {
-            user: self.identity.user.clone(),
-            subscriptions: self
-                .subs
-                .iter()
-                .filter_map(|(channel, sub)| {
-                    sub.position.as_ref().map(|pos| SubscriptionRequest {
-                        channel: channel.to_string(),
-                        offset: Some(pos.offset),
-                        epoch: Some(pos.epoch.to_string()),
-                    })
-                })
-                .collect(),
-        };
-        let hub = self.hub.clone();
-        let session = self.handle.session.clone();
+        let record = self.closing_record();
         let hook = self
             .app
             .on_disconnect
             .clone()
             .map(|hook| hook(self.context()));
-        tokio::spawn(async move {
-            session::save(&hub, &session, &record).await;
-            if let Some(hook) = hook {
-                hook.await;
-            }
-        });
+        self.write_session(record, hook);
     }
 }
