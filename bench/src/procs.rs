@@ -83,6 +83,7 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 pub struct Proc {
     pub name: String,
     pub port: u16,
+    log: PathBuf,
     child: Child,
 }
 
@@ -106,6 +107,7 @@ impl Proc {
         Ok(Self {
             name: name.into(),
             port,
+            log: log.to_path_buf(),
             child,
         })
     }
@@ -157,7 +159,11 @@ impl Proc {
     pub fn check_alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!("{} exited during the run with {status}", self.name)),
+            Ok(Some(status)) => Err(format!(
+                "{} exited during the run with {status} (was it killed from outside? see {})",
+                self.name,
+                self.log.display()
+            )),
             Err(e) => Err(format!("{}: {e}", self.name)),
         }
     }

@@ -1,15 +1,11 @@
-//! One floor connection: a reader that handles frames and a writer that
-//! sends everything queued, then flushes once.
+//! One floor connection.
 
-use super::hub::{Hub, Subscriber};
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use super::hub::{Hub, Outbox, Subscriber};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
-use tokio::{net::TcpStream, sync::mpsc};
+use std::sync::{Arc, atomic::Ordering};
+use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream, accept_async_with_config,
     tungstenite::{
@@ -17,9 +13,6 @@ use tokio_tungstenite::{
         protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
     },
 };
-
-/// Outbound queue per connection, as in ours.
-const QUEUE: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 struct Frame<'a> {
@@ -47,109 +40,110 @@ fn error(id: Option<u64>, code: &str, message: &str) -> Message {
     )
 }
 
+/// tungstenite allocates the read buffer up front and grows it for larger
+/// frames; 256 bytes is what ours uses (`read_buffer_bytes`).
+const READ_BUFFER: usize = 256;
+
+/// One task per connection: it reads frames and writes what is queued for
+/// it (by the hub and by publish tasks): everything queued at once, then one
+/// flush, so fan-out costs one write per batch, not per message.
 pub async fn run(stream: TcpStream, conn: u64, hub: Arc<Hub>) {
-    // tungstenite's default read buffer is 128 KiB per connection, allocated
-    // up front; the frames here are small, so 4 KiB does the same job.
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let Ok(ws) = accept_async_with_config(stream, Some(config)).await else {
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let Ok(mut ws) = accept_async_with_config(stream, Some(config)).await else {
         return;
     };
-    let (sink, mut frames) = ws.split();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let overflowed = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write(sink, rx, Arc::clone(&overflowed)));
+    let outbox = Arc::new(Outbox::default());
     let mut channels: Vec<String> = Vec::new();
-    while let Some(Ok(msg)) = frames.next().await {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let frame: Frame<'_> = match serde_json::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.send(error(None, "bad_request", &e.to_string())).await;
-                continue;
-            }
-        };
-        let out = match (frame.kind, frame.id, frame.channel) {
-            ("connect", _, _) => Message::text(format!(
-                r#"{{"type":"welcome","session":"s{conn}","client":"c{conn}","instance":"floor","user":null,"ping_interval":25000,"resumed":false}}"#
-            )),
-            ("subscribe", Some(id), Some(channel)) => {
-                let sub = Subscriber {
-                    conn,
-                    tx: tx.clone(),
-                    overflowed: Arc::clone(&overflowed),
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
                 };
-                match hub.subscribe(&channel, sub).await {
-                    Ok(()) => {
-                        channels.push(channel);
-                        reply(id, true)
+                let subscriber = Subscriber { conn, outbox: Arc::clone(&outbox) };
+                if let Some(out) = handle(&text, subscriber, &hub, &mut channels).await {
+                    if ws.send(out).await.is_err() {
+                        break;
                     }
-                    Err(e) => error(Some(id), "unavailable", &e),
                 }
             }
-            ("publish", Some(id), Some(channel)) => {
-                let data = frame.data.map_or("null", |d| d.get()).to_owned();
-                // Each publish waits for Redis on its own task, so one
-                // connection can keep many in flight (as ours allows).
-                let (hub, tx) = (Arc::clone(&hub), tx.clone());
-                tokio::spawn(async move {
-                    let out = match hub.publish(&channel, &data).await {
-                        Ok(()) => reply(id, false),
-                        Err(e) => error(Some(id), "unavailable", &e),
-                    };
-                    let _ = tx.send(out).await;
-                });
-                continue;
+            _ = outbox.ready.notified() => {
+                if outbox.overflowed.load(Ordering::Relaxed) || write_batch(&mut ws, &outbox).await.is_err() {
+                    break;
+                }
             }
-            ("pong", _, _) => continue,
-            (_, id, _) => error(
-                id,
-                "bad_request",
-                "the floor knows connect, subscribe, publish",
-            ),
-        };
-        if tx.send(out).await.is_err() {
-            break;
         }
     }
     hub.remove(conn, &channels);
-    drop(tx);
-    let _ = writer.await;
-}
-
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
-
-/// Writes every queued frame, then flushes once; closes with 4008 when the
-/// hub found the queue full.
-async fn write(mut sink: Sink, mut rx: mpsc::Receiver<Message>, overflowed: Arc<AtomicBool>) {
-    while let Some(first) = rx.recv().await {
-        if overflowed.load(Ordering::Relaxed) {
-            break;
-        }
-        if sink.feed(first).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    if overflowed.load(Ordering::Relaxed) {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
+    if outbox.overflowed.load(Ordering::Relaxed) {
+        let _ = ws
+            .close(Some(CloseFrame {
                 code: CloseCode::Library(4008),
                 reason: "slow consumer".into(),
-            })))
+            }))
             .await;
     }
-    let _ = sink.close().await;
+}
+
+/// Feeds everything queued, then flushes once.
+async fn write_batch(
+    ws: &mut WebSocketStream<TcpStream>,
+    outbox: &Outbox,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for m in outbox.take() {
+        ws.feed(m).await?;
+    }
+    ws.flush().await
+}
+
+/// Handles one client frame; returns the direct answer, if any.
+async fn handle(
+    text: &str,
+    subscriber: Subscriber,
+    hub: &Arc<Hub>,
+    channels: &mut Vec<String>,
+) -> Option<Message> {
+    let conn = subscriber.conn;
+    let frame: Frame<'_> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return Some(error(None, "bad_request", &e.to_string())),
+    };
+    match (frame.kind, frame.id, frame.channel) {
+        ("connect", _, _) => Some(Message::text(format!(
+            r#"{{"type":"welcome","session":"s{conn}","client":"c{conn}","instance":"floor","user":null,"ping_interval":25000,"resumed":false}}"#
+        ))),
+        ("subscribe", Some(id), Some(channel)) => {
+            Some(match hub.subscribe(&channel, subscriber).await {
+                Ok(()) => {
+                    channels.push(channel);
+                    reply(id, true)
+                }
+                Err(e) => error(Some(id), "unavailable", &e),
+            })
+        }
+        ("publish", Some(id), Some(channel)) => {
+            let data = frame.data.map_or("null", |d| d.get()).to_owned();
+            // Each publish waits for Redis on its own task, so one connection
+            // can keep many in flight (as ours allows); the reply is queued.
+            let (hub, outbox) = (Arc::clone(hub), subscriber.outbox);
+            tokio::spawn(async move {
+                let out = match hub.publish(&channel, &data).await {
+                    Ok(()) => reply(id, false),
+                    Err(e) => error(Some(id), "unavailable", &e),
+                };
+                outbox.push(out);
+            });
+            None
+        }
+        ("pong", _, _) => None,
+        (_, id, _) => Some(error(
+            id,
+            "bad_request",
+            "the floor knows connect, subscribe, publish",
+        )),
+    }
 }
 
 #[cfg(test)]

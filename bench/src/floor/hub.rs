@@ -1,7 +1,7 @@
 //! Channel -> local subscribers, fed by one Redis pub/sub connection.
 //!
 //! Concurrency: the map is behind a std mutex held only for map edits and for
-//! the fan-out loop (try_send never waits). The first local subscriber of a
+//! the fan-out loop (pushing to an outbox never waits). The first local subscriber of a
 //! channel issues the Redis SUBSCRIBE through a per-channel `OnceCell`; later
 //! subscribers wait on the same cell, so nobody is told "subscribed" before
 //! Redis confirmed it.
@@ -9,26 +9,65 @@
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{Notify, OnceCell};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Redis pub/sub channel prefix of the floor.
 const PREFIX: &str = "floor:";
 
-/// A local subscriber: its outbound queue and its overflow flag (set when the
-/// queue is full; the connection then closes with 4008, as ours does for a
-/// slow consumer).
+/// Frames queued per connection before it counts as a slow consumer (as in ours).
+const QUEUE: usize = 1024;
+
+/// A connection's outbound queue. A deque behind a mutex costs nothing until
+/// something is queued (an idle connection allocates no queue), and the
+/// connection takes everything queued in one swap.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Message>>,
+    /// Wakes the connection; a notification sent while it is busy is kept
+    /// (tokio stores one permit), so none is lost.
+    pub ready: Notify,
+    /// Set when the queue was full; the connection then closes with 4008.
+    pub overflowed: AtomicBool,
+}
+
+impl Outbox {
+    /// Queues `m`; false (and the overflow flag) when the queue is full.
+    pub fn push(&self, m: Message) -> bool {
+        let ok = match self.queue.lock() {
+            Ok(mut q) if q.len() < QUEUE => {
+                q.push_back(m);
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+        ok
+    }
+
+    /// Everything queued so far.
+    pub fn take(&self) -> VecDeque<Message> {
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// A local subscriber of a channel.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub conn: u64,
-    pub tx: mpsc::Sender<Message>,
-    pub overflowed: Arc<AtomicBool>,
+    pub outbox: Arc<Outbox>,
 }
 
 #[derive(Debug, Default)]
@@ -85,16 +124,8 @@ impl Hub {
             let Some(ch) = map.get_mut(channel) else {
                 continue;
             };
-            ch.subscribers
-                .retain(|s| match s.tx.try_send(frame.clone()) {
-                    Ok(()) => true,
-                    Err(_) => {
-                        s.overflowed.store(true, Ordering::Relaxed);
-                        // Wake the writer so it notices and closes.
-                        let _ = s.tx.try_send(Message::Close(None));
-                        false
-                    }
-                });
+            // A full outbox drops its subscriber (the connection closes 4008).
+            ch.subscribers.retain(|s| s.outbox.push(frame.clone()));
         }
         eprintln!("floor: the Redis pub/sub connection ended");
         std::process::exit(1);
@@ -142,5 +173,26 @@ impl Hub {
             .await
             .map(drop)
             .map_err(|e| format!("redis publish: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_takes_everything_queued_and_flags_overflow() {
+        let outbox = Outbox::default();
+        assert!(outbox.push(Message::text("a")));
+        assert!(outbox.push(Message::text("b")));
+        let batch = outbox.take();
+        assert_eq!(batch.len(), 2);
+        assert!(outbox.take().is_empty());
+        for _ in 0..QUEUE {
+            assert!(outbox.push(Message::text("x")));
+        }
+        assert!(!outbox.overflowed.load(Ordering::Relaxed));
+        assert!(!outbox.push(Message::text("one too many")));
+        assert!(outbox.overflowed.load(Ordering::Relaxed));
     }
 }

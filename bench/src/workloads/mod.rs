@@ -95,7 +95,10 @@ impl Cluster {
         self.servers.iter().map(|s| procs::cpu_ticks(s.pid())).sum()
     }
 
+    /// Fails when a server or the Redis died (the Redis is checked first:
+    /// its loss explains the servers' errors).
     pub fn check_alive(&mut self) -> Result<(), String> {
+        self.redis.check_alive()?;
         self.servers.iter_mut().try_for_each(Proc::check_alive)
     }
 }
