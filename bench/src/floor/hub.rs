@@ -86,8 +86,12 @@ pub struct Hub {
 impl Hub {
     pub async fn connect(url: &str) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("floor: redis url: {e}"))?;
+        // 5 s like ours' scaler timeout; the crate's 500 ms default fails
+        // publishes on a busy shared machine.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
         let publisher = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| format!("floor: redis connect: {e}"))?;
         let pubsub = client
