@@ -229,7 +229,7 @@ pub async fn run_all(args: RunArgs) -> Result<(), String> {
         .max(10_000);
     if nofile < want_conns as u64 + 1024 {
         return Err(format!(
-            "RLIMIT_NOFILE is {nofile}, too low for {want_conns} connections; raise the hard limit (ulimit -Hn)"
+            "RLIMIT_NOFILE is {nofile} and could not be raised (that needs CAP_SYS_RESOURCE), too low for {want_conns} connections; raise the hard limit (ulimit -Hn) or lower --idle-conns"
         ));
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
