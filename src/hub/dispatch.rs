@@ -10,7 +10,7 @@ use crate::{
     metrics::Metrics,
     protocol,
 };
-use scaled_sockets_scaler::{FeedEvent, Topic};
+use scaled_sockets_scaler::{FeedEvent, StreamPosition, Topic};
 use std::sync::{Arc, Weak, atomic::Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,11 @@ pub(super) async fn run_feed(
                     epoch: p.epoch,
                 });
                 let topic = Topic::Channel(p.channel);
-                hub.fan_out(&topic, || Outbound::Publication(shared.clone()));
+                let top = StreamPosition {
+                    offset: shared.offset,
+                    epoch: shared.epoch.clone(),
+                };
+                hub.fan_out_at(&topic, Some(top), || Outbound::Publication(shared.clone()));
             }
             FeedEvent::Message { topic, payload } => match &topic {
                 Topic::Instance(_) => match serde_json::from_slice::<PeerMessage>(&payload) {
@@ -92,7 +96,7 @@ pub(super) async fn run_feed(
                 }
                 // A backend that resumed may have restarted empty: presence
                 // entries are written again with the check.
-                hub.request_gap_check(resumed);
+                hub.request_gap_check(resumed, true);
             }
         }
     }

@@ -31,6 +31,9 @@ pub(crate) struct GapChecks {
     running: AtomicBool,
     dirty: AtomicBool,
     restore_presence: AtomicBool,
+    /// Every member must compare (after a resume or an overflow), not only
+    /// the channels whose top moved past what was sent.
+    full: AtomicBool,
 }
 
 impl Hub {
@@ -45,10 +48,18 @@ impl Hub {
     /// `restore_presence`, for this instance's presence entries to be written
     /// again). Returns at once; requests made while a check runs are folded
     /// into one more round.
-    pub(crate) fn request_gap_check(self: &Arc<Self>, restore_presence: bool) {
+    ///
+    /// A `full` check tells every member of every channel the top (after the
+    /// feed resumed or overflowed); a periodic one only the members of
+    /// channels whose top moved past what the instance sent them, so a quiet
+    /// channel costs one read per period and no connection is woken.
+    pub(crate) fn request_gap_check(self: &Arc<Self>, restore_presence: bool, full: bool) {
         let checks = &self.gap_checks;
         if restore_presence {
             checks.restore_presence.store(true, Ordering::SeqCst);
+        }
+        if full {
+            checks.full.store(true, Ordering::SeqCst);
         }
         checks.dirty.store(true, Ordering::SeqCst);
         if checks.running.swap(true, Ordering::SeqCst) {
@@ -62,7 +73,8 @@ impl Hub {
                         .gap_checks
                         .restore_presence
                         .swap(false, Ordering::SeqCst);
-                    check_gaps(&hub, presence).await;
+                    let full = hub.gap_checks.full.swap(false, Ordering::SeqCst);
+                    check_gaps(&hub, presence, full).await;
                 }
                 hub.gap_checks.running.store(false, Ordering::SeqCst);
                 // A request between the last swap and here found `running`
@@ -77,16 +89,16 @@ impl Hub {
     }
 }
 
-async fn check_gaps(hub: &Arc<Hub>, restore_presence: bool) {
+async fn check_gaps(hub: &Arc<Hub>, restore_presence: bool, full: bool) {
     let channels = hub.channel_topics();
     futures_util::stream::iter(channels)
-        .map(|channel| check_channel(hub, channel, restore_presence))
+        .map(|channel| check_channel(hub, channel, restore_presence, full))
         .buffer_unordered(CONCURRENT_READS)
         .for_each(|()| async {})
         .await;
 }
 
-async fn check_channel(hub: &Arc<Hub>, channel: Arc<str>, restore_presence: bool) {
+async fn check_channel(hub: &Arc<Hub>, channel: Arc<str>, restore_presence: bool, full: bool) {
     if restore_presence {
         restore_channel_presence(hub, &channel).await;
     }
@@ -99,8 +111,13 @@ async fn check_channel(hub: &Arc<Hub>, channel: Arc<str>, restore_presence: bool
             StreamPosition::new(u64::MAX, "")
         }
     };
+    if !full && hub.sent_top(&channel).as_ref() == Some(&top) {
+        return; // every member was sent this position already
+    }
     let topic = Topic::Channel(channel.clone());
-    hub.fan_out(&topic, || {
+    // A failed read (the sentinel top) is no position to remember.
+    let known = (!top.epoch.is_empty()).then(|| top.clone());
+    hub.fan_out_at(&topic, known, || {
         Outbound::Event(Box::new(ConnEvent::GapCheck {
             channel: channel.clone(),
             top: top.clone(),

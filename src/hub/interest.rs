@@ -16,7 +16,7 @@ use crate::{
     mailbox::{Mailbox, Outbound},
     metrics::Metrics,
 };
-use scaled_sockets_scaler::{ScalerError, Topic};
+use scaled_sockets_scaler::{ScalerError, StreamPosition, Topic};
 use std::{
     collections::HashMap,
     sync::{Arc, atomic::Ordering},
@@ -29,6 +29,10 @@ pub(crate) struct TopicEntry {
     /// Initialised once the feed confirmed the subscription. Concurrent joiners
     /// all wait on the same cell, so the backend sees one subscribe per topic.
     pub(super) subscribed: Arc<OnceCell<()>>,
+    /// For a channel: the last position every local member was sent (by a
+    /// publication fanned out, or a gap check). A periodic check whose top
+    /// equals it has nothing to tell anyone.
+    pub(super) sent_top: Option<StreamPosition>,
 }
 
 impl Hub {
@@ -45,6 +49,7 @@ impl Hub {
             let entry = topics.entry(topic.clone()).or_insert_with(|| TopicEntry {
                 members: HashMap::new(),
                 subscribed: Arc::new(OnceCell::new()),
+                sent_top: None,
             });
             entry.members.insert(conn.key, conn.clone());
             entry.subscribed.clone()
@@ -106,15 +111,36 @@ impl Hub {
 
     /// Queues to every local member of `topic`.
     pub(crate) fn fan_out(&self, topic: &Topic, make: impl Fn() -> Outbound) {
-        let topics = lock(&self.topics);
-        let Some(entry) = topics.get(topic) else {
+        self.fan_out_at(topic, None, make);
+    }
+
+    /// Fans out what brings every member of a channel to `top` (a publication,
+    /// or a gap check), and remembers it.
+    pub(crate) fn fan_out_at(
+        &self,
+        topic: &Topic,
+        top: Option<StreamPosition>,
+        make: impl Fn() -> Outbound,
+    ) {
+        let mut topics = lock(&self.topics);
+        let Some(entry) = topics.get_mut(topic) else {
             return;
         };
+        if top.is_some() {
+            entry.sent_top = top;
+        }
         for conn in entry.members.values() {
             if conn.push(make()) {
                 Metrics::inc(&self.metrics.frames_queued_total);
             }
         }
+    }
+
+    /// The last position every local member of `channel` was sent.
+    pub(super) fn sent_top(&self, channel: &Arc<str>) -> Option<StreamPosition> {
+        lock(&self.topics)
+            .get(&Topic::Channel(channel.clone()))
+            .and_then(|entry| entry.sent_top.clone())
     }
 
     pub(super) fn channel_topics(&self) -> Vec<Arc<str>> {

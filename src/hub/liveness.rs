@@ -34,11 +34,22 @@ pub(super) fn ping_all(hub: &Arc<Hub>) {
     }
 }
 
-/// Every `session_save_interval`, asks each connection to save its session
-/// record if its positions moved (it compares and decides itself), so a
-/// client resuming after this instance died recovers from recent positions.
-pub(super) fn ask_all_to_save_sessions(hub: &Arc<Hub>) {
-    let conns: Vec<Arc<Mailbox>> = lock(&hub.conns).values().cloned().collect();
+/// How many slices the connections are asked to save their sessions in: one
+/// slice per tick, so a save round is spread over the interval instead of
+/// starting every connection's write at once.
+pub(super) const SESSION_SAVE_SLICES: u64 = 8;
+
+/// Every `session_save_interval / SESSION_SAVE_SLICES`, asks one slice of the
+/// connections to save their session record if their positions moved (each
+/// compares and decides itself), so a client resuming after this instance
+/// died recovers from recent positions, and the backend sees a steady trickle
+/// of writes rather than a burst.
+pub(super) fn ask_slice_to_save_sessions(hub: &Arc<Hub>, slice: u64) {
+    let conns: Vec<Arc<Mailbox>> = lock(&hub.conns)
+        .values()
+        .filter(|conn| conn.key % SESSION_SAVE_SLICES == slice)
+        .cloned()
+        .collect();
     for conn in conns {
         conn.push(Outbound::Event(Box::new(ConnEvent::SaveSession)));
     }

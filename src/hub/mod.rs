@@ -170,15 +170,19 @@ impl Hub {
             hub.config.ping_interval,
             liveness::ping_all,
         ));
+        let mut slice = 0;
         tokio::spawn(every(
             hub.clone(),
-            hub.config.session_save_interval,
-            liveness::ask_all_to_save_sessions,
+            hub.config.session_save_interval / liveness::SESSION_SAVE_SLICES as u32,
+            move |hub| {
+                liveness::ask_slice_to_save_sessions(hub, slice);
+                slice = (slice + 1) % liveness::SESSION_SAVE_SLICES;
+            },
         ));
         // Live delivery may lose a publication without a signal: check
         // every subscribed channel's top now and then.
         tokio::spawn(every(hub.clone(), hub.config.gap_check_interval, |hub| {
-            hub.request_gap_check(false)
+            hub.request_gap_check(false, false)
         }));
         Ok((hub.clone(), ShutdownGuard(hub.shutdown.clone())))
     }
