@@ -142,6 +142,7 @@ pub(super) async fn handshake(
 pub(super) async fn welcome(
     hub: Arc<Hub>,
     app: Arc<App>,
+    cores: Arc<crate::cores::Cores>,
     ws: &mut Socket,
     identity: Identity,
     connect: ConnectRequest,
@@ -239,6 +240,7 @@ pub(super) async fn welcome(
         presence_chain: None,
         hub,
         app,
+        cores,
     };
     if !send_frame(ws, frame).await {
         conn.cleanup();
