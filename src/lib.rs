@@ -71,6 +71,8 @@ mod shutdown;
 pub mod sockets;
 
 pub use app::{App, AskResult, Context, Json, State};
+/// For implementing [`Core`]: `#[scaled_sockets::async_trait] impl Core for …`.
+pub use async_trait::async_trait;
 pub use auth::{AllowAnonymous, Authenticator, DenyAll, Identity, JwtAuthenticator};
 pub use config::Config;
 pub use cores::{Core, CoreContext, CoreInfo};
