@@ -649,3 +649,47 @@ async fn a_stale_owner_cannot_publish_save_or_reach_members() {
     assert_eq!(saved["code"], "unavailable", "{saved}");
     assert_eq!(left["core"], "s2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_core_tells_its_members_and_is_forgotten() {
+    let cluster = Cluster::start([&["counter"]; 3]).await;
+    let owner = cluster
+        .node(0)
+        .sockets
+        .spawn_core("counter", "gone", &Data::json("save").unwrap())
+        .await
+        .unwrap();
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let (mut client, _) = Raw::connect(&cluster.node(i).url()).await;
+        join(&mut client, 1, "gone").await;
+        members.push(client);
+    }
+    members[0].send(incr("gone")).await;
+    for client in &mut members {
+        client.recv_type("tell").await;
+    }
+    // Stopped from an instance that does not host it.
+    let from = (cluster.index_of(&owner) + 1) % 3;
+    assert!(cluster.node(from).sockets.stop_core("gone").await.unwrap());
+    for client in &mut members {
+        let left = client.recv_type("left").await;
+        assert_eq!(
+            left,
+            json!({"type": "left", "core": "gone", "reason": "stopped", "rejoin": false})
+        );
+        assert_eq!(join(client, 2, "gone").await["code"], "not_found");
+    }
+    assert!(cluster.node(0).sockets.cores().await.unwrap().is_empty());
+    assert!(!cluster.node(1).sockets.stop_core("gone").await.unwrap());
+    // Spawned again, it starts afresh: its snapshot went with it.
+    let sockets = &cluster.node(2).sockets;
+    sockets
+        .spawn_core("counter", "gone", &Data::json("save").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        join(&mut members[1], 3, "gone").await["data"],
+        json!({"value": 0})
+    );
+}

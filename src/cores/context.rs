@@ -159,6 +159,17 @@ impl CoreContext {
         }
     }
 
+    /// Spawns another core (a lobby spawning a match, say), as
+    /// `Sockets::spawn_core` does; returns its hosting instance.
+    pub async fn spawn_core(
+        &self,
+        kind: &str,
+        id: &str,
+        params: &Data,
+    ) -> Result<String, CommandError> {
+        self.cores.spawn(kind, id, params).await
+    }
+
     /// Stops the core for good once the current hook returns (as
     /// `Sockets::stop_core` does): members get `left` with `rejoin: false`.
     pub fn stop(&self) {

@@ -38,20 +38,20 @@ impl Cores {
     // ----- memberships -------------------------------------------------------------
 
     pub(super) fn add_membership(&self, client: &str, core: &str, owner: &str, token: u64) {
-        // Only for clients still connected here.
+        let route = Route {
+            owner: owner.to_owned(),
+            token,
+        };
+        // The client disconnected while its join was in flight: it leaves
+        // again, or the core would keep a member nobody removes.
         if self.hub.local(client).is_none() {
+            self.send_leave(client, core, &route);
             return;
         }
         lock(&self.members)
             .entry(client.to_owned())
             .or_default()
-            .insert(
-                core.to_owned(),
-                Route {
-                    owner: owner.to_owned(),
-                    token,
-                },
-            );
+            .insert(core.to_owned(), route);
     }
 
     fn membership(&self, client: &str, core: &str) -> Option<Route> {

@@ -17,6 +17,9 @@ use scaled_sockets_scaler::{PutMode, PutOptions};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// Instances placement may try for one core before giving up.
+const MAX_PLACEMENT_TRIES: usize = 3;
+
 /// A running core, as [`crate::Sockets::cores`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CoreInfo {
@@ -99,33 +102,48 @@ impl Cores {
             .await?
             .ok_or_else(|| CommandError::not_found(format!("no core `{id}`")))?;
         let me = self.instance().to_owned();
-        let exclude: Vec<&str> = if handover {
-            vec![me.as_str()]
+        let mut exclude: Vec<String> = if handover {
+            vec![me.clone()]
         } else {
             Vec::new()
         };
-        let chosen = self.place(&spec.kind, &exclude).await?;
-        if chosen == me {
-            return self.host(id, false).await;
-        }
-        let reply = self
-            .request(
-                &chosen,
-                self.hub.config.ask_timeout,
-                None,
-                |request, reply_to| Wire::Start {
+        // An instance that refuses (it began draining since its record was
+        // read) is left out and placement runs again.
+        loop {
+            let refs: Vec<&str> = exclude.iter().map(String::as_str).collect();
+            let chosen = self.place(&spec.kind, &refs).await?;
+            let result = if chosen == me {
+                self.host(id, false).await
+            } else {
+                let timeout = self.hub.config.ask_timeout;
+                self.request(&chosen, timeout, None, |request, reply_to| Wire::Start {
                     core: id.to_owned(),
                     request,
                     reply_to,
-                },
-            )
-            .await?;
-        if handover {
-            crate::metrics::Metrics::inc(&self.hub.metrics.core_respawns_total);
+                })
+                .await
+                .and_then(|reply| {
+                    reply
+                        .instance
+                        .ok_or_else(|| CommandError::internal("start answered without an instance"))
+                })
+            };
+            match result {
+                Err(e)
+                    if e.code == ErrorCode::Unavailable && exclude.len() < MAX_PLACEMENT_TRIES =>
+                {
+                    tracing::debug!(core = id, instance = %chosen, error = %e, "placement refused; trying another instance");
+                    exclude.push(chosen);
+                }
+                Ok(owner) => {
+                    if handover {
+                        crate::metrics::Metrics::inc(&self.hub.metrics.core_respawns_total);
+                    }
+                    return Ok(owner);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        reply
-            .instance
-            .ok_or_else(|| CommandError::internal("start answered without an instance"))
     }
 
     async fn read_spec(&self, id: &str) -> Result<Option<Spec>, CommandError> {
@@ -151,7 +169,15 @@ impl Cores {
         self.hub.check_data_size(params.get())?;
         let scaler = &self.hub.scaler;
         if let Some(lease) = scaler.lease(&records::lease_key(id)).await? {
-            return Ok(lease.owner);
+            let live = self.hub.live_instance_ids(Some(&lease.owner)).await?;
+            if lease.owner == self.instance() || live.contains(&lease.owner) {
+                return Ok(lease.owner);
+            }
+            // Its owner died: the respawn scan brings it back shortly.
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                format!("core `{id}` is being respawned; try again"),
+            ));
         }
         let spec = Spec {
             kind: kind.to_owned(),
