@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 impl Cores {
     /// Handles one core message (on the feed dispatcher: must not block).
-    pub(super) fn handle(&self, body: Box<RawValue>) {
+    pub(super) fn handle(&self, body: &RawValue) {
         let message: Wire = match serde_json::from_str(body.get()) {
             Ok(m) => m,
             Err(e) => {

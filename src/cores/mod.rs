@@ -124,6 +124,6 @@ impl Cores {
 
 impl CoreSink for Cores {
     fn deliver(&self, body: Box<RawValue>) {
-        self.handle(body);
+        self.handle(&body);
     }
 }

@@ -160,7 +160,7 @@ impl Cores {
             // Through JSON anyway: one code path, and the message is owned.
             let body = serde_json::value::to_raw_value(message)
                 .map_err(|e| CommandError::internal(format!("encode: {e}")))?;
-            self.handle(body);
+            self.handle(&body);
             return Ok(());
         }
         let body = serde_json::value::to_raw_value(message)
