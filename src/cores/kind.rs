@@ -43,7 +43,9 @@ pub trait Core: Send + 'static {
         let _ = (cx, member);
     }
 
-    /// A client sent a `tell` naming this core.
+    /// A client sent a `tell` naming this core. `member` is its client id;
+    /// clients need not have joined to tell or ask a core (a core that
+    /// wants only members checks [`CoreContext::members`]).
     async fn tell(&mut self, cx: &CoreContext, member: &str, event: &str, data: Data) {
         let _ = (cx, member, event, data);
     }
