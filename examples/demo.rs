@@ -116,6 +116,13 @@ async fn main() -> std::process::ExitCode {
         .ask("whoami", whoami)
         .ask("spawn", spawn)
         .tell("echo", tell_echo)
-        .core("counter", Counter::default);
+        .core("counter", Counter::default)
+        // The page a person can use: chat with presence, a counter core, the
+        // connection state. It loads the client from /scaled-sockets.js.
+        .page(
+            "/",
+            "text/html; charset=utf-8",
+            include_str!("../client/js/demo/index.html"),
+        );
     scaled_sockets::cli::run(app).await
 }

@@ -59,6 +59,10 @@ pub struct Config {
     /// Most entries in a `presence` answer; more: the answer says
     /// `truncated: true`.
     pub max_presence: usize,
+    /// How often each connection saves its session record when its
+    /// positions moved (a client resuming after this instance died recovers
+    /// from positions at most this old).
+    pub session_save_interval: Duration,
     /// How often every subscribed channel is checked against its stream's top,
     /// so a publication lost in live delivery is repaired even on a quiet
     /// channel.
@@ -102,6 +106,7 @@ impl Default for Config {
             subscribe_rate: 100,
             max_presence: 1000,
             gap_check_interval: Duration::from_secs(10),
+            session_save_interval: Duration::from_secs(2),
             api_key: None,
             core_lease_ttl: Duration::from_secs(5),
             core_scan_interval: Duration::from_secs(1),

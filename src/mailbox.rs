@@ -66,7 +66,8 @@ pub(crate) enum ConnEvent {
         id: Option<u64>,
         channel: Arc<str>,
         generation: u64,
-        recovering: bool,
+        /// The position the client recovers from, if it gave one.
+        since: Option<StreamPosition>,
         result: SharedPage,
     },
     /// Missing publications were read from history (or could not be).
@@ -76,6 +77,12 @@ pub(crate) enum ConnEvent {
         result: SharedPage,
     },
     /// The feed may have missed publications: compare with the stream's top.
+    /// Time to save the session record if positions moved.
+    SaveSession,
+    /// The feed resumed after an outage: the backend may have lost state.
+    /// Live publications wait until the next gap check has compared every
+    /// subscription with its stream's top.
+    Hold,
     GapCheck {
         channel: Arc<str>,
         top: StreamPosition,

@@ -142,3 +142,20 @@ async fn a_handler_reading_state_the_app_lacks_is_refused_at_start() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn apps_serve_static_pages() {
+    let app = App::new().authenticator(AllowAnonymous).page(
+        "/",
+        "text/html; charset=utf-8",
+        "<h1>hello</h1>",
+    );
+    let srv = TestServer::start(test_config("pages"), Arc::new(MemoryScaler::new()), app).await;
+    let (status, body) = support::http("GET", &srv.http("/"), &[], "").await;
+    assert_eq!((status, body.as_str()), (200, "<h1>hello</h1>"));
+    let (status, body) = support::http("GET", &srv.http("/scaled-sockets.js"), &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("export class Client"));
+    let (status, _) = support::http("GET", &srv.http("/nope"), &[], "").await;
+    assert_eq!(status, 404);
+}

@@ -134,3 +134,18 @@ async fn without_a_secret_a_forged_token_is_refused() {
     let (_, welcome) = Raw::connect(&instance.url()).await;
     assert_eq!(welcome["user"], serde_json::Value::Null);
 }
+
+/// The browser client is served by the binary itself, embedded at build time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_javascript_client() {
+    let instance = BinaryInstance::start(&["--allow-anonymous"], &[]);
+    let (status, body) = http("GET", &instance.http("/scaled-sockets.js"), &[], "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("export class Client"),
+        "{}",
+        &body[..200.min(body.len())]
+    );
+    let (status, _) = http("GET", &instance.http("/"), &[], "").await;
+    assert_eq!(status, 404, "the plain binary has no page");
+}

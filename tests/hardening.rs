@@ -304,3 +304,197 @@ async fn a_failed_repair_is_retried_on_a_quiet_channel() {
     assert_eq!(message["offset"], missed.offset);
     assert_eq!(message["data"], "missed");
 }
+
+/// Finding 2: after the backend restarts from a snapshot, the epoch survives
+/// while offsets roll back; subscribers dropped the re-used offsets as
+/// duplicates, silently. Now they are told `recovered:false` and go on from
+/// the stream's top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_restored_from_a_snapshot_is_not_a_silent_rollback() {
+    let mut redis = RedisServer::start();
+    let srv = TestServer::start(test_config("snap"), redis_scaler(&redis).await, demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    sub.call(json!({"type":"subscribe","id":1,"channel":"snap"}))
+        .await;
+    let data = |v: &str| scaled_sockets::Data::json(&v).unwrap();
+    for v in ["a", "b", "c"] {
+        srv.sockets.publish("snap", &data(v)).await.unwrap();
+    }
+    let saved = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "SAVE"])
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)");
+    assert!(saved.status.success(), "{saved:?}");
+    for v in ["d", "e"] {
+        srv.sockets.publish("snap", &data(v)).await.unwrap();
+    }
+    for _ in 0..5 {
+        sub.recv_type("message").await;
+    }
+    // Crash, and come back from the snapshot: offsets 4 and 5 are lost.
+    redis.stop();
+    redis.start_again();
+    let told = sub.recv_type("subscribed").await;
+    assert_eq!(told["recovered"], false, "{told}");
+    let top = told["offset"].as_u64().unwrap();
+    assert!(top < 5, "{told}");
+    // What is published now reaches the client, though its offset was used
+    // before the crash.
+    let mut published = None;
+    for _ in 0..50 {
+        match srv.sockets.publish("snap", &data("after")).await {
+            Ok(pos) => {
+                published = Some(pos);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let published = published.expect("publishing works again");
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["data"], "after");
+    assert_eq!(message["offset"], published.offset);
+}
+
+/// Finding 7: a connection's publishes waited for each other with no bound:
+/// with a hanging backend the N-th was answered after ~5·N s, and queued
+/// publications were applied minutes later when the backend came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_answers_the_whole_publish_chain_within_the_bound() {
+    use std::sync::atomic::Ordering;
+    let faulty = support::faulty::FaultyScaler::new();
+    let config = scaled_sockets::Config {
+        scaler_timeout: Duration::from_millis(1000),
+        ..test_config("chain")
+    };
+    let srv = TestServer::start(config, Arc::new(faulty.clone()), demo_app()).await;
+    let (mut raw, _) = Raw::connect(&srv.url()).await;
+    faulty.faults.hang_publish.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    for id in 1..=6 {
+        raw.ws
+            .feed(Message::text(
+                json!({"type":"publish","id":id,"channel":"chain","data":id}).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    raw.ws.flush().await.unwrap();
+    let mut codes = vec![String::new(); 6];
+    for _ in 0..6 {
+        let frame = raw.recv().await;
+        if frame["type"] == "error" {
+            let id = frame["id"].as_u64().unwrap() as usize;
+            codes[id - 1] = frame["code"].as_str().unwrap().to_owned();
+        } else {
+            panic!("a publish succeeded against a hanging backend: {frame}");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the chain took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(codes[0], "timeout", "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .skip(1)
+            .all(|c| c == "unavailable" || c == "timeout"),
+        "{codes:?}"
+    );
+    // The backend comes back: nothing that was answered with an error is
+    // applied afterwards.
+    faulty.faults.hang_publish.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let top = faulty
+        .inner
+        .history("chain", &Default::default())
+        .await
+        .unwrap()
+        .top;
+    assert_eq!(top.offset, 0, "stale publications applied after the outage");
+}
+
+/// Finding 4 (second half): live delivery may lose a publication with no
+/// signal at all (NATS delivers at most once). The periodic check of each
+/// subscribed channel's top finds it on a quiet channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_lost_publication_is_found_by_the_periodic_check() {
+    use std::sync::atomic::Ordering;
+    let faulty = support::faulty::FaultyScaler::new();
+    let config = scaled_sockets::Config {
+        gap_check_interval: Duration::from_millis(300),
+        ..test_config("silent")
+    };
+    let srv = TestServer::start(config, Arc::new(faulty.clone()), demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    sub.call(json!({"type":"subscribe","id":1,"channel":"silent"}))
+        .await;
+    faulty.faults.drop_live.store(true, Ordering::SeqCst);
+    let lost = srv
+        .sockets
+        .publish("silent", &scaled_sockets::Data::json(&"lost").unwrap())
+        .await
+        .unwrap();
+    faulty.faults.drop_live.store(false, Ordering::SeqCst);
+    // Nothing else is published and nothing signals the loss.
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["offset"], lost.offset);
+    assert_eq!(message["data"], "lost");
+}
+
+/// Finding 9: the session record was overwritten on every welcome (resume
+/// included) with an empty subscription list, and positions were saved only
+/// at close: after its instance died, a resumed session came back with
+/// nothing, and said `resumed:true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_after_its_instance_died_gets_its_subscriptions_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        vec![
+            "--allow-anonymous",
+            "--scaler",
+            url.as_str(),
+            "--scaler-prefix",
+            "resume",
+            "--instance-id",
+            id,
+        ]
+    };
+    let mut a = support::BinaryInstance::start(&args("node-a"), &[]);
+    let b = support::BinaryInstance::start(&args("node-b"), &[]);
+    let (mut client, welcome) = Raw::connect(&a.url()).await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    client
+        .call(json!({"type":"subscribe","id":1,"channel":"crash"}))
+        .await;
+    let (mut other, _) = Raw::connect(&b.url()).await;
+    for i in 0..2 {
+        other
+            .call(json!({"type":"publish","id":10 + i,"channel":"crash","data":i}))
+            .await;
+    }
+    assert_eq!(client.recv_type("message").await["offset"], 1);
+    assert_eq!(client.recv_type("message").await["offset"], 2);
+    // Positions are saved in batches (every 2 s by default), not only at close.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    a.child.kill().unwrap(); // SIGKILL: no close, no cleanup
+    let _ = a.child.wait();
+
+    for i in 2..4 {
+        other
+            .call(json!({"type":"publish","id":20 + i,"channel":"crash","data":i}))
+            .await;
+    }
+    // Resume on the survivor without sending any position: the session knows.
+    let (mut resumed, welcome) =
+        Raw::connect_with(&b.url(), json!({"type":"connect","session":session})).await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    let subscribed = resumed.recv_type("subscribed").await;
+    assert_eq!(subscribed["channel"], "crash");
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(resumed.recv_type("message").await["offset"], 3);
+    assert_eq!(resumed.recv_type("message").await["offset"], 4);
+}

@@ -67,6 +67,8 @@ pub struct App {
     pub(crate) on_connect: Option<Arc<HookFn>>,
     pub(crate) on_disconnect: Option<Arc<HookFn>>,
     pub(crate) state: SharedState,
+    /// Static pages served at `GET <path>`: (content type, body).
+    pub(crate) pages: HashMap<&'static str, (&'static str, &'static str)>,
     state_type: Option<TypeId>,
     /// State types handlers read, by event, checked by [`App::validate`].
     needs: Vec<(String, TypeId, &'static str)>,
@@ -102,6 +104,7 @@ impl App {
             on_connect: None,
             on_disconnect: None,
             state: None,
+            pages: HashMap::new(),
             state_type: None,
             needs: Vec::new(),
             cores: CoreKinds::default(),
@@ -179,6 +182,19 @@ impl App {
         F: Fn(&str, &[Candidate]) -> Option<String> + Send + Sync + 'static,
     {
         self.cores.placement = Some(Arc::new(place));
+        self
+    }
+
+    /// Serves a static page at `GET path` (an HTML page for the browser client,
+    /// say). Built-in routes (`/ws`, probes, `/api/*`, `/scaled-sockets.js`)
+    /// take precedence.
+    pub fn page(
+        mut self,
+        path: &'static str,
+        content_type: &'static str,
+        body: &'static str,
+    ) -> Self {
+        self.pages.insert(path, (content_type, body));
         self
     }
 

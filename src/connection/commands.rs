@@ -9,11 +9,12 @@ use crate::{
     config::Config,
     data::Data,
     error::{CommandError, ErrorCode},
+    hub::Hub,
     mailbox::{ConnEvent, Outbound},
     metrics::Metrics,
     protocol::{self, ClientFrame, SubscriptionRequest, close},
 };
-use scaled_sockets_scaler::PresenceEntry;
+use scaled_sockets_scaler::{PresenceEntry, StreamPosition};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::{
@@ -219,16 +220,21 @@ impl Conn {
         let data = data.get().to_owned();
         // Publishes of one connection reach the backend in the order they were
         // sent: each waits for the previous one. (Tasks on a multi-threaded
-        // runtime start in no particular order.)
+        // runtime start in no particular order.) The chain is bounded by
+        // `max_in_flight`, and each publish's time counts from its frame's
+        // arrival: with a hanging backend the whole chain is answered within
+        // the bound, and nothing queued behind a failure is applied later.
+        let deadline = tokio::time::Instant::now() + self.hub.config.scaler_timeout;
         let previous = self.last_publish.take();
-        let (done, next) = oneshot::channel::<()>();
+        let (done, next) = oneshot::channel::<bool>();
         self.last_publish = Some(next);
         self.spawn_command(id, async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            let result = hub.publish(&channel, &data).await;
-            let _ = done.send(());
+            let result = publish_in_order(&hub, previous, deadline, &channel, &data).await;
+            // A backend failure fails the publishes queued behind it: applying
+            // them later, after their predecessor was lost, would break the
+            // connection's order.
+            let backend_ok = !matches!(&result, Err(e) if is_backend_failure(e));
+            let _ = done.send(backend_ok);
             match result {
                 Ok(pos) => protocol::reply(id)
                     .u64("offset", pos.offset)
@@ -420,4 +426,46 @@ fn presence_reply(id: u64, entries: &[PresenceEntry], config: &Config) -> String
     protocol::reply(id)
         .json("data", &Clients { clients, truncated })
         .finish()
+}
+
+/// One publish of a connection's chain: waits for the previous one (failing
+/// at once if it failed on the backend), then publishes, all by `deadline`.
+async fn publish_in_order(
+    hub: &Hub,
+    previous: Option<oneshot::Receiver<bool>>,
+    deadline: tokio::time::Instant,
+    channel: &str,
+    data: &str,
+) -> Result<StreamPosition, CommandError> {
+    if let Some(previous) = previous {
+        match tokio::time::timeout_at(deadline, previous).await {
+            Ok(Ok(true)) | Ok(Err(_)) => {}
+            Ok(Ok(false)) => {
+                return Err(CommandError::new(
+                    ErrorCode::Unavailable,
+                    "an earlier publish of this connection failed on the backend; this one was not sent",
+                ));
+            }
+            Err(_) => {
+                return Err(CommandError::new(
+                    ErrorCode::Unavailable,
+                    "earlier publishes of this connection are still waiting on the backend; this one was not sent",
+                ));
+            }
+        }
+    }
+    match tokio::time::timeout_at(deadline, hub.publish(channel, data)).await {
+        Ok(result) => result,
+        Err(_) => Err(CommandError::new(
+            ErrorCode::Timeout,
+            "the backend did not confirm in time; the publication may or may not have been made",
+        )),
+    }
+}
+
+fn is_backend_failure(e: &CommandError) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Internal
+    )
 }

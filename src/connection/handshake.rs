@@ -204,17 +204,6 @@ pub(super) async fn welcome(
         }
     }
     hub.register(&handle);
-    // The session is live (resumable by another tab) from now on, not only
-    // after this connection closes; the close rewrites it with positions.
-    {
-        let record = SessionRecord {
-            user: identity.user.clone(),
-            subscriptions: Vec::new(),
-        };
-        let hub = hub.clone();
-        let session = session.clone();
-        tokio::spawn(async move { session::save(&hub, &session, &record).await });
-    }
     let frame = protocol::welcome(
         &session,
         &handle.client,
@@ -238,6 +227,9 @@ pub(super) async fn welcome(
         bad: VecDeque::new(),
         last_publish: None,
         presence_chain: None,
+        session_chain: None,
+        saved_fingerprint: 0,
+        saved_at_ms: 0,
         hub,
         app,
         cores,
@@ -258,6 +250,19 @@ pub(super) async fn welcome(
         } else {
             wanted.push(request);
         }
+    }
+    if !resumed {
+        // A new session is live (resumable by another tab or after a crash)
+        // from now on, not only after this connection closes. A resumed one
+        // already has its record: writing it again here would overwrite the
+        // positions it holds. Later saves follow delivered positions.
+        conn.write_session(
+            SessionRecord {
+                user: conn.identity.user.clone(),
+                subscriptions: wanted.clone(),
+            },
+            None,
+        );
     }
     let mut out = Vec::new();
     for request in wanted {

@@ -27,6 +27,7 @@ use crate::{
     error::CommandError,
     hub::Hub,
     mailbox::{ConnEvent, Mailbox, Outbound},
+    metrics::Metrics,
     protocol::{self, SubscriptionRequest},
     rate_limit::TokenBucket,
     shutdown::DrainGuard,
@@ -35,13 +36,12 @@ use crate::{
 use hyper_util::rt::TokioIo;
 use io::Socket;
 use scaled_sockets_scaler::Topic;
-use session::SessionRecord;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Instant,
 };
-use subscriptions::ChannelSub;
+use subscriptions::{ChannelSub, rolled_back};
 use tokio::sync::oneshot;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -73,10 +73,15 @@ struct Conn {
     command_bucket: TokenBucket,
     /// Completion of this connection's latest publish: the next one waits for
     /// it, which keeps each connection's publications in its send order.
-    last_publish: Option<oneshot::Receiver<()>>,
+    last_publish: Option<oneshot::Receiver<bool>>,
     /// Completion of this connection's latest presence write (see
     /// `Conn::presence_turn`); `None` once it is done.
     presence_chain: Option<oneshot::Receiver<()>>,
+    /// Completion of this connection's latest session write.
+    session_chain: Option<oneshot::Receiver<()>>,
+    /// `positions_fingerprint` and hub clock of the last session save.
+    saved_fingerprint: u64,
+    saved_at_ms: u64,
     /// When the recent bad frames came (a sliding 10 s window; empty, and so
     /// unallocated, for well-behaved clients).
     bad: VecDeque<Instant>,
@@ -157,28 +162,52 @@ impl Conn {
                 id,
                 channel,
                 generation,
-                recovering,
+                since,
                 result,
-            } => self.on_subscribed(id, channel, generation, recovering, result, out),
+            } => self.on_subscribed(id, channel, generation, since, result, out),
             ConnEvent::Repaired {
                 channel,
                 generation,
                 result,
             } => self.on_repaired(channel, generation, result, out),
+            ConnEvent::SaveSession => self.save_session_if_changed(),
+            ConnEvent::Hold => {
+                for sub in self.subs.values_mut() {
+                    if sub.position.is_some() && sub.buffer.is_none() {
+                        sub.buffer = Some(Box::default());
+                        sub.held = true;
+                    }
+                }
+            }
             ConnEvent::GapCheck { channel, top } => {
                 let Some(sub) = self.subs.get_mut(&channel) else {
                     return;
                 };
-                if sub.buffer.is_some() {
+                if sub.buffer.is_some() && !sub.held {
                     sub.recheck = true;
                     return;
                 }
-                let behind = sub
-                    .position
-                    .as_ref()
-                    .is_some_and(|pos| top.epoch != pos.epoch || top.offset > pos.offset);
-                if behind {
+                // Only a held subscription can judge a top behind it: its
+                // position was frozen before the top was read. Otherwise
+                // live delivery may simply have moved past a top read a
+                // moment ago.
+                let held = std::mem::take(&mut sub.held);
+                let Some(pos) = sub.position.clone() else {
+                    return;
+                };
+                if held && rolled_back(&top, &pos) {
+                    // The backend lost publications this client already has
+                    // (restarted from a snapshot, a lagging replica promoted):
+                    // their offsets will be used again. Say so, and go on
+                    // from the stream's top, rather than drop the new ones
+                    // as duplicates.
+                    Metrics::inc(&self.hub.metrics.recovery_failures_total);
+                    out.push(protocol::subscribed(&channel, top.offset, &top.epoch, false).into());
+                    self.finish_buffering(&channel, top, out);
+                } else if top.epoch != pos.epoch || top.offset > pos.offset {
                     self.start_repair(channel, None);
+                } else if sub.buffer.is_some() {
+                    self.finish_buffering(&channel, pos, out);
                 }
             }
             ConnEvent::ServerAsk { event, data, reply } => {
@@ -223,32 +252,12 @@ impl Conn {
         for (_, tx) in self.server_asks.drain() {
             let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
         }
-        let record = SessionRecord {
-            user: self.identity.user.clone(),
-            subscriptions: self
-                .subs
-                .iter()
-                .filter_map(|(channel, sub)| {
-                    sub.position.as_ref().map(|pos| SubscriptionRequest {
-                        channel: channel.to_string(),
-                        offset: Some(pos.offset),
-                        epoch: Some(pos.epoch.to_string()),
-                    })
-                })
-                .collect(),
-        };
-        let hub = self.hub.clone();
-        let session = self.handle.session.clone();
+        let record = self.closing_record();
         let hook = self
             .app
             .on_disconnect
             .clone()
             .map(|hook| hook(self.context()));
-        tokio::spawn(async move {
-            session::save(&hub, &session, &record).await;
-            if let Some(hook) = hook {
-                hook.await;
-            }
-        });
+        self.write_session(record, hook);
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct ChannelSub {
     pub(super) recheck: bool,
     /// Failed history reads in a row (for the retry backoff).
     pub(super) retries: u8,
+    /// Buffering since the feed resumed, until the next gap check.
+    pub(super) held: bool,
 }
 
 impl Conn {
@@ -93,6 +95,7 @@ impl Conn {
                 buffer: Some(Box::default()),
                 recheck: false,
                 retries: 0,
+                held: false,
             },
         );
         // A recovery position: offset with its epoch (an offset without an epoch
@@ -108,7 +111,6 @@ impl Conn {
         let handle = self.handle.clone();
         let (previous, done) = self.presence_turn();
         tokio::spawn(async move {
-            let recovering = since.is_some();
             let timeout = hub.config.scaler_timeout;
             // This connection's presence writes happen in order: a remove of
             // an earlier subscription to this channel must not land after
@@ -130,14 +132,14 @@ impl Conn {
                 Ok(())
             };
             let result = match bounded(timeout, steps).await {
-                Ok(()) => hub.read_history(channel.clone(), since).await,
+                Ok(()) => hub.read_history(channel.clone(), since.clone()).await,
                 Err(e) => Err(CommandError::from(e)),
             };
             let delivered = handle.push(Outbound::Event(Box::new(ConnEvent::Subscribed {
                 id,
                 channel: channel.clone(),
                 generation,
-                recovering,
+                since,
                 result,
             })));
             if !delivered {
@@ -215,7 +217,11 @@ impl Conn {
         let Some(since) = sub.position.clone() else {
             return;
         };
-        sub.buffer = Some(Box::new(first.into_iter().collect()));
+        // Publications held since a resume stay, in order, before `first`.
+        let mut buffer = sub.buffer.take().unwrap_or_default();
+        buffer.extend(first);
+        sub.buffer = Some(buffer);
+        sub.held = false;
         sub.recheck = false;
         let generation = sub.generation;
         let hub = self.hub.clone();
@@ -241,7 +247,7 @@ impl Conn {
         id: Option<u64>,
         channel: Arc<str>,
         generation: u64,
-        recovering: bool,
+        since: Option<StreamPosition>,
         result: SharedPage,
         out: &mut Vec<Utf8Bytes>,
     ) {
@@ -282,9 +288,16 @@ impl Conn {
                 return;
             }
         };
-        let recovered = !recovering || page.recovered;
+        let recovering = since.is_some();
+        // A client ahead of the stream's top in the same epoch saw
+        // publications the backend has lost: nothing can be replayed to it.
+        let lost = since
+            .as_ref()
+            .is_some_and(|since| rolled_back(&page.top, since));
+        let page_recovered = page.recovered && !lost;
+        let recovered = !recovering || page_recovered;
         if recovering {
-            if page.recovered {
+            if page_recovered {
                 Metrics::inc(&self.hub.metrics.recoveries_total);
             } else {
                 Metrics::inc(&self.hub.metrics.recovery_failures_total);
@@ -297,7 +310,7 @@ impl Conn {
                         .u64("offset", page.top.offset)
                         .str("epoch", &page.top.epoch);
                     if recovering {
-                        reply = reply.bool("recovered", page.recovered);
+                        reply = reply.bool("recovered", page_recovered);
                     }
                     reply.finish()
                 }
@@ -305,7 +318,7 @@ impl Conn {
             }
             .into(),
         );
-        if recovering && page.recovered {
+        if recovering && page_recovered {
             for p in &page.publications {
                 out.push(encode_replayed(p));
             }
@@ -333,7 +346,7 @@ impl Conn {
             sub.retries = 0;
         }
         let position = match result {
-            Ok(page) if page.recovered => {
+            Ok(page) if page.recovered && !rolled_back(&page.top, &from) => {
                 Metrics::inc(&self.hub.metrics.recoveries_total);
                 for p in page.publications.iter().filter(|p| p.offset > from.offset) {
                     out.push(encode_replayed(p));
@@ -385,7 +398,7 @@ impl Conn {
 
     /// Ends buffering at `position`: releases the waiting live publications in
     /// order (dropping what the client already has) and repairs any further gap.
-    fn finish_buffering(
+    pub(super) fn finish_buffering(
         &mut self,
         channel: &Arc<str>,
         position: StreamPosition,
@@ -474,4 +487,11 @@ fn retry_delay(retries: u8) -> Duration {
         .saturating_mul(1 << retries.min(6))
         .min(Duration::from_secs(10));
     cap.mul_f64(rand::random_range(0.5..1.0))
+}
+
+/// True when the stream's `top` is behind `position` in the same epoch: the
+/// backend lost publications that were delivered (a restart from a snapshot,
+/// a replica promoted with replication lag), and their offsets will be reused.
+pub(super) fn rolled_back(top: &StreamPosition, position: &StreamPosition) -> bool {
+    top.epoch == position.epoch && top.offset < position.offset
 }

@@ -5,9 +5,12 @@
 //! - [`upgrade`]: `GET /ws`, handing sockets to connection tasks.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`api`]: `/api/publish`, `/api/tell`, `/api/cluster`.
+//! - [`assets`]: the JavaScript client at `/scaled-sockets.js` and the app's
+//!   static pages.
 //! - [`response`]: response and body helpers.
 
 mod api;
+mod assets;
 mod probes;
 mod response;
 mod upgrade;
@@ -45,7 +48,12 @@ impl ScaledSocketsService {
             (&Method::GET, "/healthz") => probes::healthz(),
             (&Method::GET, "/readyz") => probes::readyz(&self.endpoint.hub).await,
             (&Method::GET, "/metrics") => probes::metrics(&self.endpoint.hub).await,
+            (&Method::GET, "/scaled-sockets.js") => assets::client_module(),
             (_, path) if path.starts_with("/api/") => self.api(req).await,
+            (&Method::GET, path) => match self.endpoint.app.pages.get(path) {
+                Some((content_type, body)) => assets::page(content_type, body),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -86,9 +86,16 @@ pub(super) async fn run_feed(
                 } else {
                     tracing::info!("scaler feed resumed; checking channels for gaps");
                 }
+                let resumed = matches!(event, FeedEvent::Resumed);
+                if resumed {
+                    // Before any publication that follows the resume: hold
+                    // live delivery until the gap check, so offsets a rolled
+                    // back backend uses again are not taken for duplicates.
+                    hub.hold_subscriptions();
+                }
                 // A backend that resumed may have restarted empty: presence
                 // entries are written again with the check.
-                hub.request_gap_check(matches!(event, FeedEvent::Resumed));
+                hub.request_gap_check(resumed);
             }
         }
     }

@@ -34,6 +34,13 @@ pub(crate) struct GapChecks {
 }
 
 impl Hub {
+    /// Tells every connection to hold live delivery until its next gap check.
+    pub(crate) fn hold_subscriptions(&self) {
+        for conn in lock(&self.conns).values() {
+            conn.push(Outbound::Event(Box::new(ConnEvent::Hold)));
+        }
+    }
+
     /// Asks for a gap check of every subscribed channel (and, with
     /// `restore_presence`, for this instance's presence entries to be written
     /// again). Returns at once; requests made while a check runs are folded

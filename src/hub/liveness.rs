@@ -1,8 +1,10 @@
-//! Liveness of every connection from one timer.
+//! Per-connection chores from hub-wide timers: pings, idle and expiry closes,
+//! session saves. One timer for all connections, not one per connection: a
+//! timer per socket would cost memory on every idle connection.
 
 use super::{Hub, lock};
 use crate::{
-    mailbox::{Mailbox, Outbound},
+    mailbox::{ConnEvent, Mailbox, Outbound},
     protocol,
 };
 use scaled_sockets_scaler::types::now_ms;
@@ -36,6 +38,25 @@ pub(super) async fn run_pinger(hub: Arc<Hub>) {
             } else {
                 conn.push(Outbound::Ping);
             }
+        }
+    }
+}
+
+/// Every `session_save_interval`, asks each connection to save its session
+/// record if its positions moved (it compares and decides itself), so a
+/// client resuming after this instance died recovers from recent positions.
+pub(super) async fn run_session_saver(hub: Arc<Hub>) {
+    let interval = hub.config.session_save_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let conns: Vec<Arc<Mailbox>> = lock(&hub.conns).values().cloned().collect();
+        for conn in conns {
+            conn.push(Outbound::Event(Box::new(ConnEvent::SaveSession)));
         }
     }
 }

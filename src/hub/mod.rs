@@ -173,6 +173,7 @@ impl Hub {
         ));
         *lock(&hub.heartbeat) = Some(tokio::spawn(registry::run_heartbeat(hub.clone())));
         tokio::spawn(liveness::run_pinger(hub.clone()));
+        tokio::spawn(liveness::run_session_saver(hub.clone()));
         tokio::spawn(gaps::run_periodic_checks(hub.clone()));
         Ok((hub.clone(), ShutdownGuard(hub.shutdown.clone())))
     }

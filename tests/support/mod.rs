@@ -2,6 +2,8 @@
 //! loopback ports, a raw protocol client, and the demo handlers.
 #![allow(dead_code)]
 
+pub mod faulty;
+
 use futures_util::{SinkExt, StreamExt};
 use scaled_sockets::{App, CommandError, Config, Context, Data, Scaler, Server, Sockets};
 use serde_json::{Value, json};

@@ -1,0 +1,192 @@
+// Test support: real server processes (the demo example), a private Redis,
+// free loopback ports, and small waiting helpers. Nothing is mocked.
+
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+
+export { WebSocket };
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, "..", "..", "..");
+
+/** The server binary: $SCALED_SOCKETS_BIN, default target/debug/examples/demo. */
+export function serverBin() {
+  const bin = process.env.SCALED_SOCKETS_BIN
+    ? path.resolve(repoRoot, process.env.SCALED_SOCKETS_BIN)
+    : path.join(repoRoot, "target", "debug", "examples", "demo");
+  if (!existsSync(bin)) {
+    throw new Error(`server binary ${bin} not found: run \`cargo build --example demo\` at the repository root, or set SCALED_SOCKETS_BIN`);
+  }
+  return bin;
+}
+
+/** Absolute path of a program on PATH, or a loud failure with an install hint. */
+export function requireBinary(name, hint) {
+  const r = spawnSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" });
+  const found = r.stdout.trim();
+  if (r.status !== 0 || !found) throw new Error(`\`${name}\` is not installed: ${hint}`);
+  return found;
+}
+
+/** A free TCP port on 127.0.0.1 (bound then released). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a truthy value; fails after `ms`. */
+export async function waitFor(fn, ms = 5000, what = "condition") {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+function waitForLine(child, pattern, ms, name) {
+  return new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`${name} not ready within ${ms} ms; output:\n${out}`));
+    }, ms);
+    const onData = (chunk) => {
+      out += chunk.toString();
+      if (pattern.test(out)) {
+        cleanup();
+        resolve();
+      }
+    };
+    const onExit = (code) => {
+      cleanup();
+      reject(new Error(`${name} exited with ${code} before it was ready; output:\n${out}`));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      child.stdout?.off("data", onData);
+      child.stderr?.off("data", onData);
+      child.off("exit", onExit);
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    child.on("exit", onExit);
+  });
+}
+
+/** A child process killed (SIGKILL, by pid) by stop() unless it already exited. */
+class Proc {
+  constructor(child, name) {
+    this.child = child;
+    this.name = name;
+    this.exited = new Promise((r) => child.on("exit", (code, signal) => r({ code, signal })));
+    this.alive = true;
+    child.on("exit", () => (this.alive = false));
+    // Keep reading so a chatty child never blocks on a full pipe.
+    child.stdout?.on("data", () => {});
+    child.stderr?.on("data", () => {});
+  }
+
+  signal(sig) {
+    if (this.alive) process.kill(this.child.pid, sig);
+  }
+
+  /** SIGSTOP, then waits until the kernel reports every thread stopped. */
+  async pause() {
+    this.signal("SIGSTOP");
+    await waitFor(() => {
+      const dir = `/proc/${this.child.pid}/task`;
+      const stopped = (t) => {
+        try {
+          return /^\d+ \(.*\) [tT] /.test(readFileSync(`${dir}/${t}/stat`, "utf8"));
+        } catch {
+          return true; // the thread exited meanwhile
+        }
+      };
+      return readdirSync(dir).every(stopped);
+    }, 5000, `${this.name} to stop`);
+  }
+
+  resume() {
+    this.signal("SIGCONT");
+  }
+
+  async kill9() {
+    this.signal("SIGKILL");
+    await this.exited;
+  }
+
+  async stop() {
+    await this.kill9();
+  }
+}
+
+/** A private redis-server on a free loopback port (never 6379), no persistence. */
+export async function startRedis() {
+  const bin = requireBinary("redis-server", "apt-get install -y redis-server");
+  const port = await freePort();
+  const child = spawn(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const p = new Proc(child, "redis-server");
+  await waitForLine(child, /Ready to accept connections/, 10000, "redis-server");
+  p.port = port;
+  p.url = `redis://127.0.0.1:${port}`;
+  return p;
+}
+
+/**
+ * One demo instance on a free port. `opts.scaler` (default memory://),
+ * `opts.args` (extra flags), `opts.anonymous` (default true).
+ */
+export async function startServer(opts = {}) {
+  const port = opts.port ?? (await freePort());
+  const args = ["--listen", `127.0.0.1:${port}`, "--scaler", opts.scaler ?? "memory://"];
+  if (opts.anonymous !== false) args.push("--allow-anonymous");
+  if (opts.instanceId) args.push("--instance-id", opts.instanceId);
+  args.push(...(opts.args ?? []));
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith("SCALED_SOCKETS_")) delete env[k];
+  env.RUST_LOG = "info"; // the ready line is logged at info
+  const child = spawn(serverBin(), args, { stdio: ["ignore", "pipe", "pipe"], env });
+  const p = new Proc(child, `demo :${port}`);
+  await waitForLine(child, /listening on/, 20000, `demo on port ${port}`);
+  p.port = port;
+  p.url = `http://127.0.0.1:${port}`;
+  return p;
+}
+
+/** Stops every process given (ignores ones already gone). */
+export async function stopAll(...procs) {
+  await Promise.all(procs.flat().filter(Boolean).map((p) => p.stop()));
+}
+
+/** A deferred promise. */
+export function deferred() {
+  let resolve, reject;
+  const promise = new Promise((res, rej) => ((resolve = res), (reject = rej)));
+  return { promise, resolve, reject };
+}
+
+/** An HS256 JWT for tests. */
+export async function makeJwt(secret, claims) {
+  const { createHmac } = await import("node:crypto");
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const sig = createHmac("sha256", secret).update(body).digest("base64url");
+  return `${body}.${sig}`;
+}
