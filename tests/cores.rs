@@ -104,9 +104,48 @@ fn app(kinds: &[&str]) -> App {
             Ok::<_, CommandError>(json!({ "core": s.core, "instance": instance }))
         });
     for kind in kinds {
-        app = app.core(kind, Counter::default);
+        app = match *kind {
+            "ticker" => app.core(kind, Ticker::default),
+            _ => app.core(kind, Counter::default),
+        };
     }
-    app
+    // Tickers go to the instance with the largest id; the rest as usual.
+    app.core_placement(|kind, candidates| match kind {
+        "ticker" => candidates.iter().map(|c| c.instance.clone()).max(),
+        _ => scaled_sockets::cores::least_loaded(kind, candidates),
+    })
+}
+
+/// Broadcasts `tick` with a count every 50 ms.
+#[derive(Default)]
+struct Ticker {
+    ticks: u64,
+}
+
+#[scaled_sockets::async_trait]
+impl Core for Ticker {
+    async fn join(&mut self, _cx: &CoreContext, _m: &str, _d: Data) -> Result<Data, CommandError> {
+        Ok(Data::null())
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(50))
+    }
+
+    async fn tick(&mut self, cx: &CoreContext) {
+        self.ticks += 1;
+        let _ = cx.broadcast("tick", &Data::json(&self.ticks).unwrap());
+    }
+
+    async fn ask(
+        &mut self,
+        cx: &CoreContext,
+        member: &str,
+        _event: &str,
+        _d: Data,
+    ) -> Result<Data, CommandError> {
+        Data::json(&json!({ "member": cx.members().contains(&member.to_owned()) }))
+    }
 }
 
 fn config(id: &str) -> Config {
@@ -692,4 +731,37 @@ async fn a_stopped_core_tells_its_members_and_is_forgotten() {
         join(&mut members[1], 3, "gone").await["data"],
         json!({"value": 0})
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_placement_ticks_and_asks_from_non_members() {
+    let cluster = Cluster::start([&["counter", "ticker"]; 3]).await;
+    let owner = cluster
+        .node(0)
+        .sockets
+        .spawn_core("ticker", "t", &Data::null())
+        .await;
+    assert_eq!(owner.unwrap(), "n3", "the app's placement chose");
+    let (mut member, _) = Raw::connect(&cluster.node(0).url()).await;
+    join(&mut member, 1, "t").await;
+    let mut last = 0;
+    for _ in 0..3 {
+        let tick = member.recv_type("tell").await;
+        assert_eq!(tick["event"], "tick", "{tick}");
+        let n = tick["data"].as_u64().unwrap();
+        assert!(n > last, "ticks in order: {n} after {last}");
+        last = n;
+    }
+    // A client that did not join may ask (and the core can tell it is not
+    // a member); it gets no ticks.
+    let (mut stranger, _) = Raw::connect(&cluster.node(1).url()).await;
+    let answer = ask(&mut stranger, 1, "t", "who").await;
+    assert_eq!(answer["data"], json!({"member": false}), "{answer}");
+    assert_eq!(
+        ask(&mut member, 2, "t", "who").await["data"],
+        json!({"member": true})
+    );
+    let missing = ask(&mut stranger, 2, "nope", "who").await;
+    assert_eq!(missing["code"], "not_found", "{missing}");
+    stranger.quiet(Duration::from_millis(300)).await;
 }
