@@ -77,20 +77,6 @@ impl Hub {
     }
 }
 
-/// Requests a gap check every `gap_check_interval` until shutdown.
-pub(super) async fn run_periodic_checks(hub: Arc<Hub>) {
-    let interval = hub.config.gap_check_interval;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = hub.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        hub.request_gap_check(false);
-    }
-}
-
 async fn check_gaps(hub: &Arc<Hub>, restore_presence: bool) {
     let channels = hub.channel_topics();
     futures_util::stream::iter(channels)

@@ -172,9 +172,21 @@ impl Hub {
             hub.shutdown.clone(),
         ));
         *lock(&hub.heartbeat) = Some(tokio::spawn(registry::run_heartbeat(hub.clone())));
-        tokio::spawn(liveness::run_pinger(hub.clone()));
-        tokio::spawn(liveness::run_session_saver(hub.clone()));
-        tokio::spawn(gaps::run_periodic_checks(hub.clone()));
+        tokio::spawn(every(
+            hub.clone(),
+            hub.config.ping_interval,
+            liveness::ping_all,
+        ));
+        tokio::spawn(every(
+            hub.clone(),
+            hub.config.session_save_interval,
+            liveness::ask_all_to_save_sessions,
+        ));
+        // Live delivery may lose a publication without a signal: check
+        // every subscribed channel's top now and then.
+        tokio::spawn(every(hub.clone(), hub.config.gap_check_interval, |hub| {
+            hub.request_gap_check(false)
+        }));
         Ok((hub.clone(), ShutdownGuard(hub.shutdown.clone())))
     }
 
@@ -339,6 +351,19 @@ impl Hub {
                 }
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// Calls `chore` every `interval` (first after one interval) until the hub
+/// shuts down. Missed ticks are delayed, not bunched up.
+pub(super) async fn every(hub: Arc<Hub>, interval: Duration, mut chore: impl FnMut(&Arc<Hub>)) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => chore(&hub),
         }
     }
 }
