@@ -50,31 +50,33 @@ impl ScaledSocketsService {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return res;
         }
-        match (req.method().clone(), req.uri().path()) {
-            (Method::POST, "/api/publish") => self.api_publish(req).await,
-            (Method::POST, "/api/tell") => self.api_tell(req).await,
+        let route = (req.method().clone(), req.uri().path().to_owned());
+        match (route.0, route.1.as_str()) {
             (Method::GET, "/api/cluster") => self.api_cluster().await,
+            (Method::POST, path @ ("/api/publish" | "/api/tell")) => {
+                // One body reader for every POST route.
+                let body = match read_body(req).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                if path == "/api/publish" {
+                    self.api_publish(&body).await
+                } else {
+                    self.api_tell(&body).await
+                }
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    async fn api_publish<B>(self, req: Request<B>) -> Response<ResponseBody>
-    where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let body = match read_body(req).await {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
+    async fn api_publish(self, body: &[u8]) -> Response<ResponseBody> {
         #[derive(Deserialize)]
         struct PublishBody<'a> {
             channel: String,
             #[serde(borrow)]
             data: &'a RawValue,
         }
-        let parsed: PublishBody<'_> = match serde_json::from_slice(&body) {
+        let parsed: PublishBody<'_> = match serde_json::from_slice(body) {
             Ok(p) => p,
             Err(e) => {
                 return api_error(
@@ -120,16 +122,7 @@ impl ScaledSocketsService {
     /// a `tell` to every connection of a user or session, or to one client,
     /// wherever they are connected. 200 `{}`; 400 bad body; 503 when the
     /// backend is down; 404 for an unknown client.
-    async fn api_tell<B>(self, req: Request<B>) -> Response<ResponseBody>
-    where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let body = match read_body(req).await {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
+    async fn api_tell(self, body: &[u8]) -> Response<ResponseBody> {
         #[derive(Deserialize)]
         struct TellBody<'a> {
             user: Option<String>,
@@ -139,7 +132,7 @@ impl ScaledSocketsService {
             #[serde(borrow)]
             data: Option<&'a RawValue>,
         }
-        let parsed: TellBody<'_> = match serde_json::from_slice(&body) {
+        let parsed: TellBody<'_> = match serde_json::from_slice(body) {
             Ok(p) => p,
             Err(e) => {
                 return api_error(
