@@ -7,10 +7,14 @@
 //! - ask `echo`: replies with its data.
 //! - ask `whoami`: replies `{"user", "client", "instance"}`.
 //! - tell `echo`: tells the same client `echo` with the same data.
-//! - ask `spawn`: answers `not_found` until cores land.
+//! - ask `spawn` `{"kind","core"}`: spawns the core on the least-loaded
+//!   instance; replies `{"core","instance"}`.
+//! - core kind `counter`: `join` replies `{"value"}`; tell `incr` adds one and
+//!   tells every member `value`; ask `get` replies `{"value","instance"}`.
 
-use scaled_sockets::{App, CommandError, Context, Data};
-use serde::Serialize;
+use scaled_sockets::{App, CommandError, Context, Core, CoreContext, Data, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// Raw `Data` in and out: the value comes back exactly as it was sent.
 async fn echo(_cx: Context, data: Data) -> Result<Data, CommandError> {
@@ -39,10 +43,70 @@ async fn tell_echo(cx: Context, data: Data) {
     }
 }
 
-async fn spawn(_cx: Context, _data: Data) -> Result<Data, CommandError> {
-    Err(CommandError::not_found(
-        "cores are not available in this version",
-    ))
+#[derive(Deserialize)]
+struct Spawn {
+    kind: String,
+    core: String,
+}
+
+#[derive(Serialize)]
+struct Spawned {
+    core: String,
+    instance: String,
+}
+
+async fn spawn(cx: Context, Json(spawn): Json<Spawn>) -> Result<Spawned, CommandError> {
+    let instance = cx
+        .sockets
+        .spawn_core(&spawn.kind, &spawn.core, &Data::null())
+        .await?;
+    Ok(Spawned {
+        core: spawn.core,
+        instance,
+    })
+}
+
+/// A counter shared by its members. It saves no snapshot: a respawned
+/// counter starts again at 0.
+#[derive(Default)]
+struct Counter {
+    value: u64,
+}
+
+#[scaled_sockets::async_trait]
+impl Core for Counter {
+    async fn join(
+        &mut self,
+        _cx: &CoreContext,
+        _member: &str,
+        _data: Data,
+    ) -> Result<Data, CommandError> {
+        Data::json(&json!({ "value": self.value }))
+    }
+
+    async fn tell(&mut self, cx: &CoreContext, _member: &str, event: &str, _data: Data) {
+        if event == "incr" {
+            self.value += 1;
+            if let Ok(data) = Data::json(&json!({ "value": self.value })) {
+                let _ = cx.broadcast("value", &data);
+            }
+        }
+    }
+
+    async fn ask(
+        &mut self,
+        cx: &CoreContext,
+        _member: &str,
+        event: &str,
+        _data: Data,
+    ) -> Result<Data, CommandError> {
+        match event {
+            "get" => Data::json(&json!({ "value": self.value, "instance": cx.instance() })),
+            _ => Err(CommandError::not_found(format!(
+                "counter has no ask `{event}`"
+            ))),
+        }
+    }
 }
 
 #[tokio::main]
@@ -52,6 +116,7 @@ async fn main() -> std::process::ExitCode {
         .ask("whoami", whoami)
         .ask("spawn", spawn)
         .tell("echo", tell_echo)
+        .core("counter", Counter::default)
         // The page a person can use: chat with presence, a counter core, the
         // connection state. It loads the client from /scaled-sockets.js.
         .page(

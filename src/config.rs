@@ -69,6 +69,13 @@ pub struct Config {
     pub gap_check_interval: Duration,
     /// Key for the HTTP API (`/api/*`); `None` disables it (404).
     pub api_key: Option<String>,
+    /// Lease of a hosted core: the owner renews it every third of this; when
+    /// the owner dies, the core is respawned elsewhere after at most this
+    /// plus [`Config::core_scan_interval`].
+    pub core_lease_ttl: Duration,
+    /// How often each instance looks for cores that should run but have no
+    /// owner (their instance died), to respawn them.
+    pub core_scan_interval: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +108,8 @@ impl Default for Config {
             gap_check_interval: Duration::from_secs(10),
             session_save_interval: Duration::from_secs(2),
             api_key: None,
+            core_lease_ttl: Duration::from_secs(5),
+            core_scan_interval: Duration::from_secs(1),
         }
     }
 }

@@ -37,7 +37,9 @@
 //! - `mailbox` (private): a connection's shared handle and bounded outbound
 //!   queue, what the hub and app code push to.
 //! - [`sockets`]: [`Sockets`], the app's handle on the cluster (publish, tell,
-//!   ask, subscribe, disconnect, presence, anywhere).
+//!   ask, subscribe, disconnect, presence, cores, anywhere).
+//! - [`cores`]: stateful rooms ([`Core`]) hosted by one instance each, placed
+//!   on the least-loaded one, reachable from all; leases, relaying, failover.
 //! - [`app`]: what an application plugs in: `ask`/`tell` handlers (typed with
 //!   [`Json`] and [`State`]), hooks, [`Context`].
 //! - [`auth`]: [`Authenticator`], [`Identity`], the HS256 [`JwtAuthenticator`].
@@ -54,6 +56,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod connection;
+pub mod cores;
 pub mod data;
 pub mod error;
 pub mod http;
@@ -68,8 +71,11 @@ mod shutdown;
 pub mod sockets;
 
 pub use app::{App, AskResult, Context, Json, State};
+/// For implementing [`Core`]: `#[scaled_sockets::async_trait] impl Core for …`.
+pub use async_trait::async_trait;
 pub use auth::{AllowAnonymous, Authenticator, DenyAll, Identity, JwtAuthenticator};
 pub use config::Config;
+pub use cores::{Core, CoreContext, CoreInfo};
 pub use data::Data;
 pub use error::{CommandError, Error, ErrorCode};
 pub use http::ScaledSocketsService;

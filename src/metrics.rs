@@ -55,6 +55,19 @@ metrics! {
     unavailable_total: "counter",
     /// Channels this instance holds a backend subscription for.
     backend_topics: "gauge",
+    /// Cores hosted by this instance.
+    cores: "gauge",
+    /// Core messages relayed to or from another instance (joins, asks,
+    /// tells, deliveries to members).
+    core_relays_total: "counter",
+    /// Cores this instance took over after their owner disappeared (or
+    /// handed them over).
+    core_respawns_total: "counter",
+    /// Cores restarted from their last snapshot after a handler panicked.
+    core_restarts_total: "counter",
+    /// Core messages dropped because they came from a stale owner (an older
+    /// fencing token than the one this instance knows).
+    core_stale_dropped_total: "counter",
 }
 
 impl Metrics {

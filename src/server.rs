@@ -5,6 +5,7 @@ use crate::{
     app::App,
     config::Config,
     connection::Endpoint,
+    cores::Cores,
     error::Error,
     http::ScaledSocketsService,
     hub::{Hub, ShutdownGuard},
@@ -40,9 +41,11 @@ impl Server {
         // site: a backend that hangs answers `timeout` instead of stalling.
         let scaler: Arc<dyn Scaler> = Arc::new(TimeoutScaler::new(scaler, config.scaler_timeout));
         let (hub, shutdown) = Hub::start(config, scaler).await?;
+        let cores = Cores::start(hub.clone(), app.cores.clone()).await;
         Ok(Self {
             endpoint: Endpoint {
                 hub,
+                cores,
                 app: Arc::new(app),
             },
             _shutdown: shutdown,
@@ -51,7 +54,7 @@ impl Server {
 
     /// The app-facing handle: publish, tell, ask... anywhere in the cluster.
     pub fn sockets(&self) -> Sockets {
-        Sockets::new(self.endpoint.hub.clone())
+        Sockets::new(self.endpoint.hub.clone(), self.endpoint.cores.clone())
     }
 
     /// Every route (`/ws`, `/healthz`, `/readyz`, `/metrics`, `/api/*`) as a
@@ -77,7 +80,7 @@ impl Server {
     /// most the configured drain timeout. Use it when you mount the service in
     /// your own server; [`Server::serve`] calls it for you.
     pub async fn drain(&self) {
-        self.endpoint.hub.drain().await;
+        drain(&self.endpoint).await;
     }
 
     /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
@@ -103,7 +106,7 @@ impl Server {
             }
         }
         tracing::info!("draining");
-        let drain = self.endpoint.hub.drain();
+        let drain = drain(&self.endpoint);
         tokio::pin!(drain);
         loop {
             tokio::select! {
@@ -119,6 +122,14 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Hands the cores over (within a third of the drain bound), then drains
+/// the hub: members are told to rejoin before their connections close.
+async fn drain(endpoint: &Endpoint) {
+    let budget = endpoint.hub.config.drain_timeout / 3;
+    endpoint.cores.drain(budget).await;
+    endpoint.hub.drain().await;
 }
 
 /// Serves accepted TCP connections with hyper.

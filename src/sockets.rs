@@ -1,6 +1,7 @@
 //! [`Sockets`]: the application's handle on the cluster.
 
 use crate::{
+    cores::{CoreInfo, Cores},
     data::Data,
     error::CommandError,
     hub::{Hub, PeerMessage},
@@ -15,6 +16,7 @@ use std::{fmt, sync::Arc, time::Duration};
 #[derive(Clone)]
 pub struct Sockets {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) cores: Arc<Cores>,
 }
 
 impl fmt::Debug for Sockets {
@@ -26,8 +28,8 @@ impl fmt::Debug for Sockets {
 }
 
 impl Sockets {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub(crate) fn new(hub: Arc<Hub>, cores: Arc<Cores>) -> Self {
+        Self { hub, cores }
     }
 
     /// This instance's id.
@@ -178,6 +180,33 @@ impl Sockets {
     /// Who is subscribed to a channel, on every instance.
     pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, CommandError> {
         self.hub.scaler.presence(channel).await.map_err(Into::into)
+    }
+
+    /// Spawns core `id` of `kind` with `params` on the least-loaded live
+    /// instance offering `kind` (fewest connections plus cores, or the app's
+    /// [`crate::App::core_placement`]); returns the hosting instance's id.
+    /// Exactly one instance runs a given id: spawning an id that already runs
+    /// (even concurrently) answers where it runs. `unavailable` when no live
+    /// instance offers the kind.
+    pub async fn spawn_core(
+        &self,
+        kind: &str,
+        id: &str,
+        params: &Data,
+    ) -> Result<String, CommandError> {
+        self.cores.spawn(kind, id, params).await
+    }
+
+    /// Stops core `id` for good, wherever it runs (its members get `left`
+    /// with `rejoin: false`, its snapshot is deleted); false when it was not
+    /// running.
+    pub async fn stop_core(&self, id: &str) -> Result<bool, CommandError> {
+        self.cores.stop(id).await
+    }
+
+    /// The cores running in the cluster, sorted by id.
+    pub async fn cores(&self) -> Result<Vec<CoreInfo>, CommandError> {
+        self.cores.list().await
     }
 
     /// Live instances of the cluster.

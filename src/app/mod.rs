@@ -43,6 +43,7 @@ pub use handler::{AskHandler, FromData, Json, State, TellHandler};
 
 use crate::{
     auth::{Authenticator, DenyAll},
+    cores::{Candidate, CoreFactory, CoreKinds},
     data::Data,
     error::{CommandError, Error},
 };
@@ -71,6 +72,8 @@ pub struct App {
     state_type: Option<TypeId>,
     /// State types handlers read, by event, checked by [`App::validate`].
     needs: Vec<(String, TypeId, &'static str)>,
+    /// Core kinds this instance offers, and the placement.
+    pub(crate) cores: CoreKinds,
 }
 
 impl fmt::Debug for App {
@@ -104,6 +107,7 @@ impl App {
             pages: HashMap::new(),
             state_type: None,
             needs: Vec::new(),
+            cores: CoreKinds::default(),
         }
     }
 
@@ -158,6 +162,26 @@ impl App {
             event.into(),
             Arc::new(move |cx, data| handler.call(cx, data)),
         );
+        self
+    }
+
+    /// Offers core kind `kind` on this instance: `factory` makes a fresh
+    /// [`crate::Core`] for every core of that kind started here (e.g.
+    /// `App::new().core("counter", Counter::default)`). Instances may offer
+    /// different kinds; a core is only placed on an instance offering its kind.
+    pub fn core(mut self, kind: &str, factory: impl CoreFactory) -> Self {
+        self.cores.kinds.insert(kind.into(), Arc::new(factory));
+        self
+    }
+
+    /// Replaces the default placement of new cores ([`crate::cores::least_loaded`]:
+    /// fewest connections plus cores). `place(kind, candidates)` returns the
+    /// id of one of the candidates (live, not draining, offering the kind).
+    pub fn core_placement<F>(mut self, place: F) -> Self
+    where
+        F: Fn(&str, &[Candidate]) -> Option<String> + Send + Sync + 'static,
+    {
+        self.cores.placement = Some(Arc::new(place));
         self
     }
 

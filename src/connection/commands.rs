@@ -146,13 +146,19 @@ impl Conn {
                 core,
             } => self.on_ask(id, &event, data, core, out),
             ClientFrame::Tell { event, data, core } => self.on_tell(&event, data, core, out),
-            ClientFrame::Join { id, core, .. } | ClientFrame::Leave { id, core } => {
-                self.fail(
-                    id,
-                    CommandError::not_found(format!("no core `{core}`")),
-                    out,
-                );
+            ClientFrame::Join { id, core, data } => {
+                let cores = self.cores.clone();
+                let client = self.handle.client.clone();
+                let (core, data) = (core.into_owned(), Data::from(data));
+                let max_data = self.hub.config.max_data_bytes;
+                self.spawn_command(id, async move {
+                    answer_data(id, cores.join(&client, &core, data).await, max_data)
+                });
             }
+            ClientFrame::Leave { id, core } => match self.cores.leave(&self.handle.client, &core) {
+                Ok(()) => self.answer(id, protocol::reply(id).finish(), out),
+                Err(e) => self.fail(id, e, out),
+            },
             ClientFrame::Presence { id, channel } => self.on_presence(id, channel, out),
             ClientFrame::Reply { id, data } => {
                 if let Some(tx) = self.server_asks.remove(&id) {
@@ -248,11 +254,13 @@ impl Conn {
         out: &mut Vec<Utf8Bytes>,
     ) {
         if let Some(core) = core {
-            return self.fail(
-                id,
-                CommandError::not_found(format!("no core `{core}`")),
-                out,
-            );
+            let cores = self.cores.clone();
+            let client = self.handle.client.clone();
+            let (core, event, data) = (core.into_owned(), event.to_owned(), Data::from(data));
+            let max_data = self.hub.config.max_data_bytes;
+            return self.spawn_command(id, async move {
+                answer_data(id, cores.ask(&client, &core, &event, data).await, max_data)
+            });
         }
         let Some(handler) = self.app.asks.get(event).cloned() else {
             let e = CommandError::not_found(format!("no ask handler for `{event}`"));
@@ -287,18 +295,42 @@ impl Conn {
         core: Option<Cow<'_, str>>,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        let started = match (core, self.app.tells.get(event)) {
-            (Some(core), _) => Err(CommandError::not_found(format!("no core `{core}`"))),
-            (None, None) => Err(CommandError::not_found(format!(
+        if let Some(core) = core {
+            return self.on_core_tell(&core, event, data, out);
+        }
+        let started = match self.app.tells.get(event) {
+            None => Err(CommandError::not_found(format!(
                 "no tell handler for `{event}`"
             ))),
-            (None, Some(handler)) => handler(self.context(), Data::from(data)),
+            Some(handler) => handler(self.context(), Data::from(data)),
         };
         match started {
             Ok(task) => {
                 tokio::spawn(task);
             }
             // A tell has no id: its error answers no frame.
+            Err(e) => out.push(protocol::error(None, e.code, &e.message).into()),
+        }
+    }
+
+    /// A tell to a core: a member's goes out at once (in send order); a
+    /// non-member's needs the core's location first.
+    fn on_core_tell(&mut self, core: &str, event: &str, data: &RawValue, out: &mut Vec<Utf8Bytes>) {
+        let data = Data::from(data);
+        let client = self.handle.client.clone();
+        match self.cores.tell_member(&client, core, event, &data) {
+            Ok(true) => {}
+            Ok(false) => {
+                let cores = self.cores.clone();
+                let handle = self.handle.clone();
+                let (core, event) = (core.to_owned(), event.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = cores.tell(&client, &core, &event, data).await {
+                        let frame = protocol::error(None, e.code, &e.message);
+                        handle.push(Outbound::Frame(Box::new(frame.into())));
+                    }
+                });
+            }
             Err(e) => out.push(protocol::error(None, e.code, &e.message).into()),
         }
     }
@@ -323,6 +355,19 @@ impl Conn {
                 }
             }
         });
+    }
+}
+
+/// The answer to a command whose result is data (core joins and asks).
+fn answer_data(id: u64, result: Result<Data, CommandError>, max_data: usize) -> String {
+    match result {
+        Ok(data) if data.get().len() > max_data => protocol::error(
+            Some(id),
+            ErrorCode::LimitExceeded,
+            &format!("the core's reply is over {max_data} bytes"),
+        ),
+        Ok(data) => protocol::reply_data(id, data.get()),
+        Err(e) => protocol::error(Some(id), e.code, &e.message),
     }
 }
 

@@ -142,6 +142,7 @@ pub(super) async fn handshake(
 pub(super) async fn welcome(
     hub: Arc<Hub>,
     app: Arc<App>,
+    cores: Arc<crate::cores::Cores>,
     ws: &mut Socket,
     identity: Identity,
     connect: ConnectRequest,
@@ -231,6 +232,7 @@ pub(super) async fn welcome(
         saved_at_ms: 0,
         hub,
         app,
+        cores,
     };
     if !send_frame(ws, frame).await {
         conn.cleanup();

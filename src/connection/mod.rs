@@ -22,6 +22,7 @@ pub(crate) use io::websocket_config;
 use crate::{
     app::{App, Context},
     auth::Identity,
+    cores::Cores,
     data::Data,
     error::CommandError,
     hub::Hub,
@@ -51,12 +52,14 @@ use tokio_tungstenite::{
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) cores: Arc<Cores>,
     pub(crate) app: Arc<App>,
 }
 
 /// The connection task's private state.
 struct Conn {
     hub: Arc<Hub>,
+    cores: Arc<Cores>,
     app: Arc<App>,
     handle: Arc<Mailbox>,
     identity: Identity,
@@ -117,12 +120,12 @@ async fn set_up(
             return None;
         }
     };
-    let Endpoint { hub, app } = endpoint;
+    let Endpoint { hub, cores, app } = endpoint;
     let config = websocket_config(&hub.config);
     let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (identity, connect) = handshake::handshake(&hub, &app, &mut ws).await?;
-    let conn = handshake::welcome(hub, app, &mut ws, identity, connect).await?;
+    let conn = handshake::welcome(hub, app, cores, &mut ws, identity, connect).await?;
     Some((conn, ws))
 }
 
@@ -132,7 +135,7 @@ impl Conn {
             client: self.handle.client.clone(),
             user: self.handle.user.clone(),
             session: self.handle.session.clone(),
-            sockets: Sockets::new(self.hub.clone()),
+            sockets: Sockets::new(self.hub.clone(), self.cores.clone()),
             state: self.app.state.clone(),
         }
     }
@@ -237,6 +240,7 @@ impl Conn {
     pub(super) fn cleanup(&mut self) {
         self.handle.close_queue();
         self.hub.unregister(&self.handle);
+        self.cores.client_gone(&self.handle.client);
         let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
         for channel in &channels {
             self.leave_channel(channel);

@@ -148,7 +148,7 @@ impl ScaledSocketsService {
             Some(raw) => Data::from(raw),
             None => Data::null(),
         };
-        let sockets = Sockets::new(self.endpoint.hub.clone());
+        let sockets = Sockets::new(self.endpoint.hub.clone(), self.endpoint.cores.clone());
         let result = match (parsed.user, parsed.session, parsed.client) {
             (Some(user), None, None) => sockets.tell_user(&user, &parsed.event, &data).await,
             (None, Some(session), None) => {
@@ -208,6 +208,12 @@ impl ScaledSocketsService {
                 );
             }
         };
+        let cores = match self.endpoint.cores.list().await {
+            Ok(list) => list,
+            Err(e) => {
+                return api_error(StatusCode::SERVICE_UNAVAILABLE, e.code, &e.message);
+            }
+        };
         let mut instances: Vec<Instance> = instances
             .into_iter()
             .map(|i| Instance {
@@ -218,11 +224,15 @@ impl ScaledSocketsService {
             })
             .collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
-        let body = serde_json::to_vec(&Cluster {
-            instances,
-            cores: Vec::new(),
-        })
-        .unwrap_or_default();
+        let cores = cores
+            .into_iter()
+            .map(|c| Core {
+                id: c.id,
+                kind: c.kind,
+                instance: c.instance,
+            })
+            .collect();
+        let body = serde_json::to_vec(&Cluster { instances, cores }).unwrap_or_default();
         json(StatusCode::OK, body)
     }
 }

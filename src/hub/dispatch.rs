@@ -57,6 +57,9 @@ pub(super) async fn run_feed(
             }
             FeedEvent::Message { topic, payload } => match &topic {
                 Topic::Instance(_) => match serde_json::from_slice::<PeerMessage>(&payload) {
+                    // In arrival order, on the dispatcher: core messages
+                    // must keep their order (the sink never blocks).
+                    Ok(PeerMessage::Core { body }) => hub.deliver_core(body),
                     // Handled off the dispatcher: an ask may wait for a client.
                     Ok(message) => {
                         tokio::spawn(async move { hub.handle_peer_message(message).await });

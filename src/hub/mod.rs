@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use gaps::GapChecks;
-pub(crate) use peers::{PeerMessage, RemoteAsks};
+pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
 
 /// One instance: its connections, their interest in topics, and its link to
@@ -87,6 +87,11 @@ pub(crate) struct Hub {
     /// waits for it, so no heartbeat can re-register the instance after.
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     started: Instant,
+    /// The cores layer's inbox for core messages (see [`CoreSink`]).
+    core_sink: std::sync::OnceLock<std::sync::Weak<dyn CoreSink>>,
+    /// Cores hosted here, maintained by the cores layer, reported in the
+    /// heartbeat (placement reads it as part of an instance's load).
+    pub(crate) cores_hosted: AtomicU64,
 }
 
 impl fmt::Debug for Hub {
@@ -157,6 +162,8 @@ impl Hub {
             live_instances: Mutex::new(None),
             heartbeat: Mutex::new(None),
             started: Instant::now(),
+            core_sink: std::sync::OnceLock::new(),
+            cores_hosted: AtomicU64::new(0),
         });
         hub.heartbeat().await?;
         tokio::spawn(dispatch::run_feed(
@@ -200,6 +207,16 @@ impl Hub {
     /// A new connection id that routes back to this instance.
     pub(crate) fn new_client_id(&self) -> Arc<str> {
         format!("{}.{}", self.id, uuid::Uuid::new_v4().simple()).into()
+    }
+
+    /// True once draining started or the hub was shut down.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.draining.load(Ordering::SeqCst) || self.shutdown.is_cancelled()
+    }
+
+    /// Cancelled when the hub's background tasks must stop (drain, drop).
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub(crate) fn connection_count(&self) -> usize {

@@ -67,6 +67,21 @@ pub(crate) enum PeerMessage {
         reason: String,
         reconnect: bool,
     },
+    /// A message of the cores layer (`crate::cores`), opaque to the hub: it
+    /// is handed to the registered [`CoreSink`] in arrival order.
+    Core {
+        body: Box<RawValue>,
+    },
+}
+
+/// Where the hub hands core messages (implemented by the cores layer, which
+/// sits above the hub and registers itself with [`Hub::set_core_sink`]).
+///
+/// Called on the feed dispatcher, in arrival order: it must not block. Order
+/// matters (a core's broadcasts reach each member in the order it sent them),
+/// which is why these messages are not spawned off like the others.
+pub(crate) trait CoreSink: Send + Sync + 'static {
+    fn deliver(&self, body: Box<RawValue>);
 }
 
 /// Asks this instance sent to connections on other instances, waiting for
@@ -75,6 +90,18 @@ pub(crate) enum PeerMessage {
 pub(crate) struct RemoteAsks(Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>);
 
 impl Hub {
+    /// Registers the cores layer as the receiver of core messages (once).
+    pub(crate) fn set_core_sink(&self, sink: std::sync::Weak<dyn CoreSink>) {
+        let _ = self.core_sink.set(sink);
+    }
+
+    /// Hands a core message to the cores layer, if one is registered.
+    pub(crate) fn deliver_core(&self, body: Box<RawValue>) {
+        if let Some(sink) = self.core_sink.get().and_then(std::sync::Weak::upgrade) {
+            sink.deliver(body);
+        }
+    }
+
     pub(crate) async fn send_to_peer(
         &self,
         instance: &str,
@@ -202,6 +229,7 @@ impl Hub {
                     conn.kill_owned(code, reason, reconnect);
                 }
             }
+            PeerMessage::Core { body } => self.deliver_core(body),
         }
     }
 

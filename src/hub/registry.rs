@@ -15,7 +15,7 @@ impl Hub {
             id: self.id.to_string(),
             address: self.config.advertised_address.clone(),
             connections: self.connection_count() as u64,
-            cores: 0,
+            cores: self.cores_hosted.load(std::sync::atomic::Ordering::Relaxed),
             updated_at_ms: now_ms(),
         };
         let ttl = self.config.heartbeat_interval * 5;

@@ -292,9 +292,15 @@ impl BinaryInstance {
     /// Starts the real binary with `args` (plus `--listen 127.0.0.1:0`) and waits
     /// for its `listening on ADDR` line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_program(env!("CARGO_BIN_EXE_scaled-sockets").as_ref(), args, envs)
+    }
+
+    /// Starts `program` (the binary or an example built from this crate),
+    /// as [`BinaryInstance::start`] does.
+    pub fn start_program(program: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scaled-sockets"));
+        let mut cmd = Command::new(program);
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -303,7 +309,9 @@ impl BinaryInstance {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn scaled-sockets");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
