@@ -1,0 +1,429 @@
+// The demo page in a real browser (Debian's chromium driven by playwright-core)
+// through nginx (deploy/nginx/nginx.conf, rendered by deploy/nginx/render.sh as
+// docker-compose.yml does) in front of 3 demo instances on a private Redis.
+// Two pages chat across two instances and see each other in presence; the
+// instance of one page is killed with SIGKILL; both pages go on with every
+// message exactly once. The counter-core steps run when the server has cores
+// (until then `spawn` answers not_found and ONLY those steps are skipped, loudly).
+//
+// Screenshots: client/js/test/artifacts/*.png (git-ignored). With
+// UPDATE_DOCS_SCREENSHOT=1 the laptop-sized page (both pages chatting) is
+// also written to docs/images/demo.png (the README's picture).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { Client } from "../scaled-sockets.js";
+import { WebSocket, freePort, repoRoot, requireBinary, sleep, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+const RENDER = path.join(repoRoot, "deploy", "nginx", "render.sh");
+const TEMPLATE = path.join(repoRoot, "deploy", "nginx", "nginx.conf");
+const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "artifacts");
+const DOCS_SCREENSHOT = path.join(repoRoot, "docs", "images", "demo.png");
+
+function requireChromium() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
+  }
+}
+
+function portOpen(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    s.on("connect", () => (s.destroy(), resolve(true)));
+    s.on("error", () => resolve(false));
+  });
+}
+
+/** nginx running deploy/nginx/nginx.conf rendered by deploy/nginx/render.sh for these ports. */
+async function startNginx(listenPort, upstreamPorts) {
+  const bin = requireBinary("nginx", "apt-get install -y nginx-light (or nginx)");
+  const prefix = mkdtempSync(path.join(os.tmpdir(), "ss-browser-nginx-"));
+  mkdirSync(path.join(prefix, "logs"));
+  mkdirSync(path.join(prefix, "temp"));
+  const rendered = spawnSync("sh", [RENDER, TEMPLATE, `127.0.0.1:${listenPort}`, ...upstreamPorts.map((p) => `127.0.0.1:${p}`)], {
+    encoding: "utf8",
+  });
+  if (rendered.status !== 0) throw new Error(`${RENDER} failed (${rendered.status}): ${rendered.stderr}`);
+  const conf = path.join(prefix, "nginx.conf");
+  writeFileSync(conf, rendered.stdout);
+  // As root, the workers would run as nobody, who cannot write the prefix.
+  const globals = "daemon off;" + (process.getuid?.() === 0 ? " user root;" : "");
+  const child = spawn(bin, ["-p", prefix, "-c", conf, "-e", "logs/error.log", "-g", globals], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  child.stderr.on("data", (d) => (output += d));
+  const exited = new Promise((r) => child.on("exit", (code) => r(code)));
+  let alive = true;
+  child.on("exit", () => (alive = false));
+  await waitFor(async () => !alive || (await portOpen(listenPort)), 10000, "nginx to listen");
+  if (!alive) {
+    let log = "";
+    try {
+      log = readFileSync(path.join(prefix, "logs", "error.log"), "utf8");
+    } catch {}
+    throw new Error(`nginx exited at start:\n${output}\n${log}`);
+  }
+  return {
+    url: `http://127.0.0.1:${listenPort}`,
+    async stop() {
+      // SIGTERM: the master stops its workers, then exits.
+      if (alive) process.kill(child.pid, "SIGTERM");
+      const timer = setTimeout(() => alive && process.kill(child.pid, "SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+      rmSync(prefix, { recursive: true, force: true });
+    },
+  };
+}
+
+// ------------------------------------------------------------ page helpers
+
+/** The page's connection panel (`instance`, `client`, `session`, …) and its state badge. */
+function pageInfo(page) {
+  return page.evaluate(() => {
+    const info = { state: document.getElementById("state").textContent };
+    const cells = [...document.querySelectorAll("#info > *")];
+    for (let i = 0; i + 1 < cells.length; i += 2) info[cells[i].textContent] = cells[i + 1].textContent;
+    return info;
+  });
+}
+
+/** Chat lines as shown ("name: text"), notices left out. */
+function chatLines(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll("#messages > div")]
+      .filter((d) => !d.querySelector(".notice"))
+      .map((d) => d.lastElementChild.textContent));
+}
+
+function presenceList(page) {
+  return page.evaluate(() => [...document.querySelectorAll("#presence li")].map((li) => li.textContent));
+}
+
+async function waitConnected(page, ms = 10000) {
+  try {
+    await page.waitForFunction(() => {
+      const state = document.getElementById("state").textContent;
+      return state === "connected" && document.querySelectorAll("#info dd").length > 0 && !document.getElementById("send").disabled;
+    }, null, { timeout: ms, polling: 20 });
+  } catch (e) {
+    const seen = await page.evaluate(() => ({
+      states: window.__states,
+      chatError: document.getElementById("chat-error").textContent,
+      lines: [...document.querySelectorAll("#messages > div")].map((d) => d.textContent),
+    }));
+    throw new Error(`page not connected and subscribed: ${JSON.stringify({ ...(await pageInfo(page)), ...seen })} (${e.message})`);
+  }
+  return pageInfo(page);
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.click("#send");
+  // Cleared by the page once handed to the client.
+  await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: 5000, polling: 20 });
+}
+
+/** Waits until `page` shows every line of `expected` (and fails on an error shown in the chat card). */
+async function waitLines(page, expected, ms, who) {
+  try {
+    await page.waitForFunction((want) => {
+      const have = new Set([...document.querySelectorAll("#messages > div")].map((d) => d.lastElementChild.textContent));
+      return want.every((w) => have.has(w)) || document.getElementById("chat-error").textContent !== "";
+    }, expected, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const have = await chatLines(page);
+    throw new Error(`${who}: missing ${expected.filter((w) => !have.includes(w)).join(", ")} (${e.message})`);
+  }
+  const error = await page.textContent("#chat-error");
+  assert.equal(error, "", `${who} shows an error`);
+}
+
+/** Clicks "Spawn & join"; resolves "ok", or the error shown (e.g. "not_found: …"). */
+async function spawnAndJoin(page) {
+  await page.click("#core-form button");
+  await page.waitForFunction(() =>
+    /runs on/.test(document.getElementById("core-info").textContent) || document.getElementById("core-error").textContent !== "",
+  null, { timeout: 10000, polling: 20 });
+  const error = await page.textContent("#core-error");
+  return error === "" ? "ok" : error;
+}
+
+const counterValue = (page) => page.textContent("#counter-value");
+
+async function shot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+// ------------------------------------------------------------------ the test
+
+describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120000 }, () => {
+  let redis, nginx, browser;
+  const instances = new Map(); // instance id -> process
+  let alice, bob; // { page, context, errors }
+  let coresMissing = null; // the spawn error when the server has no cores
+  const sent = []; // every chat line sent, in send order per sender
+
+  before(async () => {
+    requireChromium();
+    redis = await startRedis();
+    for (let i = 1; i <= 3; i++) {
+      const id = `browser-n${i}`;
+      instances.set(id, await startServer({ scaler: redis.url, instanceId: id }));
+    }
+    nginx = await startNginx(await freePort(), [...instances.values()].map((p) => p.port));
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stopAll([...instances.values()], redis);
+    await nginx?.stop();
+  });
+
+  // The steps build on each other: once one fails, the rest fail at once.
+  let failed = null;
+  const step = (name, fn) => test(name, async (t) => {
+    if (failed) throw new Error(`not run: "${failed}" failed`);
+    try {
+      await fn(t);
+    } catch (e) {
+      failed = name;
+      throw e;
+    }
+  });
+
+  async function openPage(name, viewport) {
+    const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+    context.setDefaultTimeout(10000);
+    const page = await context.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(`uncaught: ${e.message}`));
+    page.on("console", (m) => m.type() === "error" && errors.push(`console: ${m.text()} (${m.location().url})`));
+    // Every state the badge shows, on every load of the page.
+    await context.addInitScript(() => {
+      window.__states = [];
+      document.addEventListener("DOMContentLoaded", () => {
+        const badge = document.getElementById("state");
+        window.__states.push(badge.textContent);
+        new MutationObserver(() => window.__states.push(badge.textContent))
+          .observe(badge, { childList: true, characterData: true, subtree: true });
+      });
+    });
+    await page.goto(`${nginx.url}/`);
+    await page.fill("#name", name);
+    return { name, page, context, errors };
+  }
+
+  step("two pages connect, each to a different instance", async () => {
+    alice = await openPage("alice", { width: 1280, height: 800 });
+    bob = await openPage("bob", { width: 390, height: 844 }); // a phone
+    const a = await waitConnected(alice.page);
+    let b = await waitConnected(bob.page);
+    assert.ok(instances.has(a.instance), `alice's page shows instance ${a.instance}`);
+    // Round robin puts bob anywhere; open him anew (a new tab: a new
+    // session) until he is on another instance than alice.
+    for (let i = 0; i < 8 && b.instance === a.instance; i++) {
+      await bob.context.close();
+      bob = await openPage("bob", { width: 390, height: 844 });
+      b = await waitConnected(bob.page);
+    }
+    assert.notEqual(b.instance, a.instance, "bob's page never landed on another instance than alice's");
+    assert.ok(instances.has(b.instance));
+    assert.match(a.client, /\S/);
+    assert.match(a.session, /\S/);
+    // Usable on a phone: nothing wider than the screen.
+    const overflow = await bob.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than a phone's screen`);
+  });
+
+  step("chat goes both ways across the two instances", async () => {
+    const lines = [["alice", "hello from alice"], ["bob", "hi alice, bob here"], ["alice", "how is the weather?"]];
+    for (const [who, text] of lines) {
+      await say(who === "alice" ? alice.page : bob.page, text);
+      sent.push(`${who}: ${text}`);
+    }
+    await waitLines(alice.page, sent, 5000, "alice");
+    await waitLines(bob.page, sent, 5000, "bob");
+    assert.deepEqual(await chatLines(alice.page), sent);
+    assert.deepEqual(await chatLines(bob.page), sent);
+  });
+
+  step("each page sees both in presence", async () => {
+    const a = await pageInfo(alice.page);
+    const b = await pageInfo(bob.page);
+    for (const [p, me, other] of [[alice, a, b], [bob, b, a]]) {
+      // The page refreshes presence every 2 s; anonymous users show their client id.
+      await waitFor(async () => {
+        const list = await presenceList(p.page);
+        return list.includes(`you: ${me.client}`) && list.includes(other.client);
+      }, 6000, `${p.name}'s presence list to show both clients`);
+    }
+    const laptop = await shot(alice.page, "01-alice-laptop");
+    if (process.env.UPDATE_DOCS_SCREENSHOT === "1") {
+      mkdirSync(path.dirname(DOCS_SCREENSHOT), { recursive: true });
+      copyFileSync(laptop, DOCS_SCREENSHOT);
+    }
+    await shot(bob.page, "01-bob-phone");
+  });
+
+  step("the counter core is shared by both pages", async (t) => {
+    const spawned = await spawnAndJoin(alice.page);
+    if (/^not_found\b/.test(spawned)) {
+      coresMissing = spawned;
+      const msg = `COUNTER STEPS SKIPPED: the server has no cores yet (spawn answered "${spawned}"); they run as soon as spawn works`;
+      console.warn(`\n*** ${msg} ***\n`);
+      t.diagnostic(msg);
+      t.skip(msg);
+      return;
+    }
+    assert.equal(spawned, "ok", "alice's Spawn & join");
+    assert.equal(await spawnAndJoin(bob.page), "ok", "bob's Spawn & join");
+    const start = Number(await counterValue(alice.page));
+    assert.ok(Number.isInteger(start), `counter shows a number, not ${await counterValue(alice.page)}`);
+    for (let i = 0; i < 3; i++) await alice.page.click("#incr");
+    for (const p of [alice, bob]) {
+      await waitFor(async () => (await counterValue(p.page)) === String(start + 3), 5000, `${p.name}'s counter to reach ${start + 3}`);
+    }
+    await bob.page.click("#get");
+    await bob.page.waitForFunction(() => /runs on \S+/.test(document.getElementById("core-info").textContent), null, { timeout: 5000 });
+    const where = (await bob.page.textContent("#core-info")).match(/runs on (\S+)/)[1];
+    assert.ok(instances.has(where), `the core runs on ${where}, one of the cluster's instances`);
+  });
+
+  step("kill -9 of alice's instance: both pages go on, every message exactly once", async (t) => {
+    const before = { a: await pageInfo(alice.page), b: await pageInfo(bob.page) };
+    const victim = instances.get(before.a.instance);
+    const survivor = instances.get(before.b.instance);
+    // A steady publisher on bob's (surviving) instance, so messages are
+    // published while alice is away and while she comes back.
+    const feeder = new Client(survivor.url, { WebSocket });
+    await feeder.connect();
+    const channel = await alice.page.inputValue("#channel");
+    const fed = [];
+    let feeding = true;
+    const feeding$ = (async () => {
+      for (let i = 1; feeding; i++) {
+        await feeder.publish(channel, { name: "feeder", text: `tick ${i}` });
+        fed.push(`feeder: tick ${i}`);
+        await sleep(40);
+      }
+    })();
+    await sleep(200);
+
+    await victim.kill9();
+    const killedAt = Date.now();
+    const fedAtKill = fed.length;
+    // Bob talks right away, while alice is (most likely) still away.
+    for (let i = 1; i <= 3; i++) {
+      await say(bob.page, `during outage ${i}`);
+      sent.push(`bob: during outage ${i}`);
+    }
+    const a = await waitConnected(alice.page, 10000);
+    const during = fed.length - fedAtKill;
+    t.diagnostic(`alice's page connected and subscribed again ${Date.now() - killedAt} ms after the kill; ${during} feeder messages were published meanwhile`);
+    assert.ok(during >= 1, "no message was published while alice was away: the test proved nothing");
+    const b = await waitConnected(bob.page, 10000);
+    assert.notEqual(a.instance, before.a.instance, "alice is back on a live instance");
+    assert.ok(instances.has(a.instance));
+    assert.equal(b.instance, before.b.instance, "bob stayed on his instance");
+    const states = await alice.page.evaluate(() => window.__states);
+    assert.ok(states.includes("disconnected") || states.includes("connecting"), `alice's page showed the outage: ${states.join(" > ")}`);
+    assert.equal(a.session, before.a.session, "alice's page resumed its session");
+    await sleep(200);
+    feeding = false;
+    await feeding$;
+    feeder.close();
+
+    await say(alice.page, "back again");
+    sent.push("alice: back again");
+    await say(bob.page, "welcome back");
+    sent.push("bob: welcome back");
+
+    const expected = [...sent, ...fed];
+    assert.ok(fed.length >= 5, `the feeder published ${fed.length} messages`);
+    await waitLines(alice.page, expected, 10000, "alice");
+    await waitLines(bob.page, expected, 10000, "bob");
+    for (const p of [alice, bob]) {
+      const lines = await chatLines(p.page);
+      const dup = lines.filter((l, i) => lines.indexOf(l) !== i);
+      assert.deepEqual(dup, [], `${p.name} shows duplicates`);
+      assert.deepEqual([...lines].sort(), [...expected].sort(), `${p.name} shows exactly the messages sent`);
+      // Per sender, in send order.
+      for (const who of ["alice", "bob", "feeder"]) {
+        const mine = (l) => l.startsWith(`${who}: `);
+        assert.deepEqual(lines.filter(mine), expected.filter(mine), `${p.name}: ${who}'s messages in order`);
+      }
+    }
+    // Both pages show the one order of the channel.
+    assert.deepEqual(await chatLines(alice.page), await chatLines(bob.page));
+    // Presence: alice's new connection, and (once the dead instance's
+    // registration expires, ~5 s) not her old one.
+    const want = [a.client, `you: ${b.client}`].sort();
+    await waitFor(async () => JSON.stringify((await presenceList(bob.page)).sort()) === JSON.stringify(want), 10000,
+      `bob's presence list to be exactly ${want.join(", ")} (the killed instance's entries gone)`);
+
+    await shot(alice.page, "02-alice-after-kill");
+    await shot(bob.page, "02-bob-after-kill");
+  });
+
+  step("the counter core works after the kill", async (t) => {
+    if (coresMissing) {
+      const msg = `COUNTER STEPS SKIPPED: the server has no cores yet (spawn answered "${coresMissing}")`;
+      t.diagnostic(msg);
+      t.skip(msg);
+      return;
+    }
+    // The core may have run on the killed instance: it is respawned within
+    // 15 s (fresh state) and the pages rejoin it. Wait until bob's page says
+    // it runs on a live instance, then both pages must follow one +1.
+    const alive = [...instances].filter(([, p]) => p.alive).map(([id]) => id);
+    await waitFor(async () => {
+      await bob.page.click("#get");
+      await sleep(300);
+      const info = await bob.page.textContent("#core-info");
+      const m = info.match(/runs on (\S+)/);
+      return m && alive.includes(m[1]) && (await bob.page.textContent("#core-error")) === "";
+    }, 20000, "the counter core to run on a live instance");
+    const v = Number(await counterValue(bob.page));
+    await alice.page.click("#incr");
+    for (const p of [alice, bob]) {
+      await waitFor(async () => (await counterValue(p.page)) === String(v + 1), 5000, `${p.name}'s counter to reach ${v + 1}`);
+    }
+  });
+
+  test("a reloaded page resumes its session and its chat", {
+    todo: "known bug: the resumed session re-makes the chat subscription while the page subscribes again, and the server answers the page's subscribe with bad_request \"a subscription to this channel is in progress\" (racy)",
+  }, async () => {
+    const before = await pageInfo(alice.page);
+    const shown = await chatLines(alice.page);
+    await alice.page.reload();
+    await alice.page.fill("#name", "alice");
+    const after = await waitConnected(alice.page, 5000);
+    assert.equal(after.session, before.session);
+    assert.equal(after.resumed, "true");
+    await say(alice.page, "reloaded");
+    await waitLines(bob.page, ["alice: reloaded"], 5000, "bob");
+    await waitLines(alice.page, ["alice: reloaded"], 5000, "alice (whose message bob got)");
+    assert.ok(shown.length > 0);
+  });
+
+  test("the pages logged no errors", () => {
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
+  });
+});
