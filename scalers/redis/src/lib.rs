@@ -108,12 +108,15 @@
 //! - `kv`: the versioned key-value family.
 //! - `feed`: the subscriber connection, its reader task, the probe and the
 //!   reconnect loop.
+//! - `pubsub`: batched `SUBSCRIBE`/`UNSUBSCRIBE` and their confirmation.
 //! - `pool`: the command connections, timeouts and error mapping.
 //! - `scripts`: the Lua scripts.
 //! - `keys`: the key layout above and the hash-tag escaping.
 //! - `codec`: the publication envelope (registry and presence JSON is
 //!   `scaled_sockets_scaler::records`).
 //! - `stats`: [`RedisStats`].
+//! - `sweep`: the periodic sweep of expired registrations, their presence
+//!   and expired key-value index entries.
 //!
 //! # Requirements
 //! Redis 6.2 or later (RESP3, streams, `SET ... NX PX`, multi-field `HSET`,
@@ -128,14 +131,16 @@ mod kv;
 mod leases;
 mod pool;
 mod presence;
+mod pubsub;
 mod scaler;
 mod scripts;
 mod stats;
+mod sweep;
 
 pub use config::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_PREFIX, DEFAULT_PROBE_INTERVAL,
     DEFAULT_PROBE_TIMEOUT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_SUBSCRIBE_BATCH,
-    RedisConfig,
+    DEFAULT_SWEEP_INTERVAL, RedisConfig,
 };
 pub use scaler::RedisScaler;
 pub use stats::RedisStats;
