@@ -73,10 +73,12 @@
 //!   then `Overflowed`); per-topic order is kept; a lost or silent connection
 //!   (liveness probe) gives `Interrupted`, reconnection with backoff and jitter,
 //!   re-subscription in batches ([`RedisConfig::subscribe_batch`], default 500
-//!   per `SUBSCRIBE`); `is_live()` turns true as `Resumed` is queued. While the
-//!   connection is down, `subscribe` remembers the topics (they are subscribed on
-//!   reconnect) and returns `Unavailable`, so the server can answer
-//!   `unavailable`; `unsubscribe` always succeeds and takes effect at once.
+//!   per `SUBSCRIBE`); `is_live()` turns true as `Resumed` is queued. A failed
+//!   `subscribe` leaves nothing behind: while the connection is down it records
+//!   nothing and returns `Unavailable` (the server answers `unavailable`); a
+//!   `SUBSCRIBE` not confirmed in time returns `Timeout` and its topics are
+//!   dropped and unsubscribed again. `unsubscribe` always succeeds and takes
+//!   effect at once.
 //!   Dropping the feed (either half) closes its connection.
 //! - **Registry, leases, key-value items** expire by Redis TTLs; listings skip
 //!   (and clean up) expired index entries. Lease acquire, renew and release are
@@ -90,7 +92,9 @@
 //! - **Presence** entries of instances that left the registry are not returned
 //!   and are deleted: by the read that finds them, and by a background sweep of
 //!   the instance's channels when it unregisters or when `instances()` finds its
-//!   registration expired (each expired id is reported to one caller).
+//!   registration expired (each expired id is reported to one caller), or the
+//!   periodic sweep ([`RedisConfig::sweep_interval`], 30 s) does; a failed
+//!   sweep is retried every round.
 //!
 //! Commands run on a few multiplexed connections ([`RedisConfig::pool_size`]):
 //! concurrent calls are pipelined on them, never one round trip per message.
