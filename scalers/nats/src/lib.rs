@@ -73,8 +73,8 @@
 //!   that no subject can exceed the NATS control-line limit.
 //! - Presence entries of an instance that crashed are hidden at once (the
 //!   registry decides) and removed by a background sweep of the presence bucket
-//!   when a registry read finds the registration expired (or when that
-//!   channel's presence is next read).
+//!   when a registry read, or the periodic sweep, finds the registration
+//!   expired (or when that channel's presence is next read).
 //! - A publish costs one JetStream round trip when this instance published the
 //!   channel's previous message, two otherwise (read the head, then append), plus
 //!   a retry per lost compare-and-set race. Recovering up to 16 publications
