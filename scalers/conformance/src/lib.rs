@@ -153,6 +153,7 @@ pub async fn run_all(backend: &dyn TestBackend) {
     kv_list_by_prefix(backend).await;
     sessions_expire(backend).await;
     survives_backend_restart(backend).await;
+    failed_subscribe_leaves_nothing(backend).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance check. `$backend` is an
@@ -186,7 +187,8 @@ macro_rules! conformance_tests {
             kv_entries_expire,
             kv_list_by_prefix,
             sessions_expire,
-            survives_backend_restart
+            survives_backend_restart,
+            failed_subscribe_leaves_nothing
         );
     };
     (@each $backend:expr; $($check:ident),+ $(,)?) => {

@@ -3,6 +3,17 @@
 use scaled_sockets_scaler::ScalerError;
 use std::time::Duration;
 
+/// Default [`NatsConfig::max_history_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_HISTORY_BYTES: u64 = 1 << 30;
+/// Default [`NatsConfig::max_publication_bytes`]: 64 KiB, the server's default
+/// data limit.
+pub const DEFAULT_MAX_PUBLICATION_BYTES: usize = 64 * 1024;
+/// Default [`NatsConfig::sweep_interval`]: 30 s.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Room for the scaler's own headers on top of a publication's payload in the
+/// history stream's `max_msg_size`.
+pub const HEADER_ROOM_BYTES: usize = 4096;
+
 /// How a [`crate::NatsScaler`] connects and where it keeps its state.
 ///
 /// Every instance of one cluster must use the same `url` (or servers of one NATS
@@ -30,6 +41,24 @@ pub struct NatsConfig {
     /// `PublishOptions::history_ttl` above it is capped to it; below it is honoured
     /// exactly.
     pub max_history_ttl: Duration,
+    /// Most bytes the history stream holds over all channels (its `max_bytes`,
+    /// default [`DEFAULT_MAX_HISTORY_BYTES`], 1 GiB). When it is full the oldest
+    /// publications (of any channel) are discarded; a channel that loses
+    /// publications answers `recovered: false` for them, and one that loses its
+    /// last message starts a new epoch.
+    pub max_history_bytes: u64,
+    /// Largest publication payload (default [`DEFAULT_MAX_PUBLICATION_BYTES`],
+    /// 64 KiB, the server's default `--max-data-bytes`). A larger publish fails
+    /// with [`ScalerError::InvalidArgument`]; the stream's `max_msg_size` is this
+    /// plus room for the scaler's headers.
+    pub max_publication_bytes: usize,
+    /// How often each scaler sweeps what expired but is still stored (default
+    /// [`DEFAULT_SWEEP_INTERVAL`], 30 s): expired key-value entries and
+    /// registrations, presence entries of instances that left the registry,
+    /// and channels whose history TTL passed (epoch markers of channels that
+    /// were only read included). Such state is physically gone at most this
+    /// long (plus one sweep's duration) after it expired.
+    pub sweep_interval: Duration,
     /// Longest TTL of an instance registration or lease (the `max_age`
     /// of those buckets, default 24 h): longer TTLs are capped to it.
     pub max_record_ttl: Duration,
@@ -53,6 +82,9 @@ impl Default for NatsConfig {
             max_history_size: 1000,
             max_history_ttl: Duration::from_secs(24 * 3600),
             max_record_ttl: Duration::from_secs(24 * 3600),
+            max_history_bytes: DEFAULT_MAX_HISTORY_BYTES,
+            max_publication_bytes: DEFAULT_MAX_PUBLICATION_BYTES,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
             replicas: 1,
             connection_name: "scaled-sockets".into(),
             reconnect_max_delay: Duration::from_secs(1),
@@ -93,6 +125,24 @@ impl NatsConfig {
         self
     }
 
+    /// Sets [`NatsConfig::max_history_bytes`].
+    pub fn with_max_history_bytes(mut self, bytes: u64) -> Self {
+        self.max_history_bytes = bytes;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_publication_bytes`].
+    pub fn with_max_publication_bytes(mut self, bytes: usize) -> Self {
+        self.max_publication_bytes = bytes;
+        self
+    }
+
+    /// Sets [`NatsConfig::sweep_interval`].
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
     /// Sets [`NatsConfig::replicas`].
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
@@ -126,6 +176,18 @@ impl NatsConfig {
         if self.max_record_ttl < Duration::from_secs(1) {
             return bad("max_record_ttl must be at least 1 s");
         }
+        if self.max_publication_bytes == 0 || self.max_publication_bytes > 64 * 1024 * 1024 {
+            return bad("max_publication_bytes must be 1 B..=64 MiB");
+        }
+        let smallest = ((self.max_publication_bytes + HEADER_ROOM_BYTES) as u64).max(1 << 20);
+        if self.max_history_bytes < smallest || self.max_history_bytes > i64::MAX as u64 {
+            return bad(
+                "max_history_bytes must be at least 1 MiB and hold one largest publication",
+            );
+        }
+        if self.sweep_interval < Duration::from_millis(100) {
+            return bad("sweep_interval must be at least 100 ms");
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return bad("replicas must be 1..=5");
         }
@@ -143,6 +205,27 @@ mod tests {
         assert_eq!(c.prefix, "ss");
         assert_eq!(c.request_timeout, Duration::from_secs(3));
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let base = NatsConfig::from_url("nats://x:1");
+        assert_eq!(base.max_publication_bytes, 65536);
+        assert_eq!(base.max_history_bytes, 1 << 30);
+        for bad in [
+            base.clone().with_max_publication_bytes(0),
+            base.clone().with_max_history_bytes(1000),
+            base.clone().with_sweep_interval(Duration::from_millis(10)),
+        ] {
+            assert!(matches!(
+                bad.validate(),
+                Err(ScalerError::InvalidArgument(_))
+            ));
+        }
+        base.with_max_history_bytes(1 << 20)
+            .with_sweep_interval(Duration::from_millis(500))
+            .validate()
+            .expect("valid limits");
     }
 
     #[test]

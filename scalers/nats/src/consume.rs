@@ -53,12 +53,38 @@ pub async fn read_all(
     deliver: DeliverPolicy,
     what: &'static str,
     timeout: Duration,
+    visit: impl FnMut(Delivered<'_>) -> Result<Next>,
+) -> Result<()> {
+    read(stream, filter, deliver, false, what, timeout, visit).await
+}
+
+/// [`read_all`] delivering headers only (payloads are left on the server;
+/// `payload` is empty): for sweeps that decide on headers alone.
+pub async fn read_all_headers(
+    stream: &Stream,
+    filter: String,
+    deliver: DeliverPolicy,
+    what: &'static str,
+    timeout: Duration,
+    visit: impl FnMut(Delivered<'_>) -> Result<Next>,
+) -> Result<()> {
+    read(stream, filter, deliver, true, what, timeout, visit).await
+}
+
+async fn read(
+    stream: &Stream,
+    filter: String,
+    deliver: DeliverPolicy,
+    headers_only: bool,
+    what: &'static str,
+    timeout: Duration,
     mut visit: impl FnMut(Delivered<'_>) -> Result<Next>,
 ) -> Result<()> {
     let consumer = stream
         .create_consumer(pull::Config {
             deliver_policy: deliver,
             filter_subject: filter,
+            headers_only,
             ack_policy: AckPolicy::None,
             inactive_threshold: Duration::from_secs(10),
             memory_storage: true,

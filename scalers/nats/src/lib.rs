@@ -73,8 +73,8 @@
 //!   that no subject can exceed the NATS control-line limit.
 //! - Presence entries of an instance that crashed are hidden at once (the
 //!   registry decides) and removed by a background sweep of the presence bucket
-//!   when a registry read finds the registration expired (or when that
-//!   channel's presence is next read).
+//!   when a registry read, or the periodic sweep, finds the registration
+//!   expired (or when that channel's presence is next read).
 //! - A publish costs one JetStream round trip when this instance published the
 //!   channel's previous message, two otherwise (read the head, then append), plus
 //!   a retry per lost compare-and-set race. Recovering up to 16 publications
@@ -85,9 +85,15 @@
 //!   can miss the new subscription; the server then sees the gap at the channel's
 //!   next publication and repairs it from history. Use NATS 2.10 or later for
 //!   replicated (R3) history streams.
-//! - Key-value entries with a TTL are removed lazily (by the `kv_get` or
-//!   `kv_list` that finds them expired): the bucket has no `max_age`, since
-//!   entries without a TTL must stay.
+//! - Key-value entries with a TTL read as absent once expired and are removed
+//!   by the read that finds them or by the periodic sweep
+//!   ([`NatsConfig::sweep_interval`], 30 s): the bucket has no `max_age`, since
+//!   entries without a TTL must stay. The sweep also removes expired
+//!   registrations, orphaned presence entries and channels whose history TTL
+//!   passed (epoch markers of channels that were only read included).
+//! - Publications are limited to [`NatsConfig::max_publication_bytes`] (64 KiB)
+//!   and the history stream to [`NatsConfig::max_history_bytes`] (1 GiB; the
+//!   oldest publications are discarded beyond it).
 //! - `instances()`, `leases()`, `kv_list()` and `presence()` each read a snapshot through a
 //!   short-lived consumer (`presence()` reads the registry too): fine for
 //!   periodic and per-request use, not for tight loops.
@@ -103,6 +109,8 @@
 //! - [`records`]: the key-value layer with per-record TTLs and compare-and-set.
 //! - `leases`, `kv`: fenced leases and the versioned key-value family on it.
 //! - [`consume`]: reading many messages through a short-lived consumer.
+//! - `sweep`: the periodic removal of everything that expired (records,
+//!   orphaned presence, expired channels and epoch markers).
 //! - [`streams`]: creating, checking and re-creating the streams.
 //! - [`names`]: subject, stream, bucket and key names; the token encoding.
 //! - [`errors`]: async-nats errors to [`scaled_sockets_scaler::ScalerError`].
@@ -120,6 +128,9 @@ mod presence;
 pub mod records;
 pub mod scaler;
 pub mod streams;
+mod sweep;
 
-pub use config::NatsConfig;
+pub use config::{
+    DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_PUBLICATION_BYTES, DEFAULT_SWEEP_INTERVAL, NatsConfig,
+};
 pub use scaler::NatsScaler;

@@ -283,17 +283,40 @@ impl Bucket {
         Ok(())
     }
 
-    /// Removes `key` in the background if it is still at `revision` (lazy cleanup
-    /// of expired records; losing the race to a new write is fine, and the new
-    /// write survives).
+    /// Removes `key` if it is still at `revision`, leaving nothing behind (a
+    /// delete marker by compare-and-set, then a purge through it). Losing the
+    /// race to a new write is fine: the new write survives. True when removed.
+    pub async fn remove_if(&self, key: &str, revision: u64) -> Result<bool> {
+        match self.delete_if(key, revision).await? {
+            Some(tombstone) => {
+                self.purge_through(key, tombstone).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// [`Bucket::remove_if`] in the background (lazy cleanup of expired
+    /// records found by a read).
     pub fn remove_later_if(&self, key: &str, revision: u64) {
         let bucket = self.clone();
         let key = key.to_owned();
         tokio::spawn(async move {
-            if let Ok(Some(tombstone)) = bucket.delete_if(&key, revision).await {
-                bucket.purge_through(&key, tombstone).await;
+            if let Err(err) = bucket.remove_if(&key, revision).await {
+                tracing::debug!(%err, "removing an expired record failed (the sweep retries)");
             }
         });
+    }
+
+    /// Removes every record whose TTL has passed; how many were removed.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        let mut removed = 0;
+        for record in self.scan(">").await? {
+            if record.expired && self.remove_if(&record.key, record.revision).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Purges `key`'s messages up to and including `tombstone` (a delete marker),

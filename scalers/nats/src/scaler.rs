@@ -50,7 +50,7 @@ pub(crate) struct Inner {
     config: NatsConfig,
     names: Names,
     client: Client,
-    history: History,
+    pub(crate) history: History,
     instances: Bucket,
     pub(crate) leases: Bucket,
     pub(crate) presence: Bucket,
@@ -143,15 +143,7 @@ impl NatsScaler {
             .build(client.clone());
         jetstream_info(&client, timeout).await?;
         let names = Names::new(&config.prefix);
-        let history = History::open(
-            &js,
-            &names,
-            config.max_history_size,
-            config.max_history_ttl,
-            config.replicas,
-            timeout,
-        )
-        .await?;
+        let history = History::open(&js, &names, &config).await?;
         let record_age = config.max_record_ttl;
         let replicas = config.replicas;
         let instances =
@@ -187,6 +179,7 @@ impl NatsScaler {
         // Events that happened while setting up wait in the channel and are
         // replayed now, against the real connection state.
         spawn_driver(Arc::downgrade(&inner), events_rx, state_tx, timeout);
+        crate::sweep::spawn(Arc::downgrade(&inner), inner.config.sweep_interval);
         Ok(Self { inner })
     }
 
@@ -236,6 +229,10 @@ impl NatsScaler {
         tokio::spawn(async move { inner.repair().await });
     }
 
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner.client.connection_state() == State::Connected
+    }
+
     fn ensure_connected(&self) -> Result<()> {
         match self.inner.client.connection_state() {
             State::Connected => Ok(()),
@@ -254,7 +251,7 @@ impl NatsScaler {
             .collect())
     }
 
-    async fn list_instances(&self) -> Result<Vec<InstanceInfo>> {
+    pub(crate) async fn list_instances(&self) -> Result<Vec<InstanceInfo>> {
         let records = self.inner.instances.scan(">").await?;
         let mut out = Vec::with_capacity(records.len());
         let mut gone = Vec::new();

@@ -13,6 +13,8 @@ fn differs(current: &Config, wanted: &Config) -> bool {
     current.subjects != wanted.subjects
         || current.max_messages_per_subject != wanted.max_messages_per_subject
         || current.max_age != wanted.max_age
+        || current.max_bytes != wanted.max_bytes
+        || current.max_message_size != wanted.max_message_size
         || current.republish != wanted.republish
         || current.num_replicas != wanted.num_replicas
         || current.allow_rollup != wanted.allow_rollup

@@ -20,6 +20,8 @@ pub const DEFAULT_SUBSCRIBE_BATCH: usize = 500;
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Default cap on the reconnect delay of a feed.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Default [`RedisConfig::sweep_interval`].
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How to reach Redis and how to behave towards it.
 ///
@@ -55,6 +57,13 @@ pub struct RedisConfig {
     pub reconnect_min: Duration,
     /// Cap on the reconnect delay of a feed.
     pub reconnect_max: Duration,
+    /// How often each scaler sweeps what expired but is still indexed (default
+    /// 30 s): registrations whose TTL passed and the presence entries of those
+    /// instances, and expired names in the key-value indexes. Redis expires the
+    /// keys themselves; the sweep bounds how long their index entries and the
+    /// presence of crashed instances stay (at most this long, plus one sweep,
+    /// after the expiry).
+    pub sweep_interval: Duration,
 }
 
 impl RedisConfig {
@@ -85,7 +94,14 @@ impl RedisConfig {
             subscribe_batch: DEFAULT_SUBSCRIBE_BATCH,
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
         })
+    }
+
+    /// Sets [`RedisConfig::sweep_interval`].
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
     }
 
     /// Sets the key prefix.
@@ -163,6 +179,9 @@ impl RedisConfig {
         }
         if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
             return invalid("reconnect backoff needs 0 < min <= max");
+        }
+        if self.sweep_interval < Duration::from_millis(100) {
+            return invalid("sweep interval must be at least 100 ms");
         }
         Ok(())
     }

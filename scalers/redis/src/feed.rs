@@ -22,10 +22,15 @@
 //!   becomes false, `Interrupted` is emitted, and the task reconnects with
 //!   exponential backoff and jitter, re-subscribes the probe channel and every
 //!   desired topic in batches, then sets `is_live()` and emits `Resumed`.
-//! - While disconnected, `subscribe` records the topics (they are subscribed on
-//!   reconnect) and returns [`ScalerError::Unavailable`], so the server can answer
-//!   `unavailable`; call `unsubscribe` to forget them. `unsubscribe` always
-//!   succeeds: the topics are forgotten at once and not re-subscribed.
+//! - A failed `subscribe` leaves nothing behind: while disconnected it records
+//!   nothing and returns [`ScalerError::Unavailable`] (so the server can answer
+//!   `unavailable`); when Redis does not confirm in time, the topics this call
+//!   added are dropped from the desired set again (and an `UNSUBSCRIBE` is
+//!   sent), unless another call's `SUBSCRIBE` of them was confirmed meanwhile.
+//!   Callers do not unsubscribe after a failed subscribe (the server does not),
+//!   so a topic left desired would be re-subscribed on every reconnect and
+//!   receive traffic for the feed's whole life. `unsubscribe` always succeeds:
+//!   the topics are forgotten at once and not re-subscribed.
 //! - Dropping the control handle or the event receiver stops the task, which
 //!   closes the connection.
 
@@ -33,13 +38,14 @@ use crate::{
     codec::decode_envelope,
     keys::Keys,
     pool::{Pool, map_error},
+    pubsub::{confirm, start_batches},
     stats::Counters,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::{
-    Client, Msg, RedisResult,
+    Client, Msg,
     aio::{PubSubSink, PubSubStream},
 };
 use scaled_sockets_scaler::{
@@ -50,12 +56,10 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll, Waker},
     time::Duration,
 };
 use tokio::{
@@ -83,10 +87,23 @@ struct Shared {
     live: AtomicBool,
 }
 
+/// A topic the feed should receive.
+struct Desired {
+    topic: Topic,
+    /// Redis confirmed a `SUBSCRIBE` of it (from a `subscribe` call that
+    /// succeeded): a later failed call must not drop it.
+    confirmed: bool,
+    /// The latest `subscribe` call that asked for it: only that call may drop
+    /// it again when it fails.
+    claim: u64,
+}
+
 #[derive(Default)]
 struct State {
     /// Pub/sub channel name -> topic, for every topic the feed should receive.
-    desired: HashMap<String, Topic>,
+    desired: HashMap<String, Desired>,
+    /// Numbers `subscribe` calls (their claims).
+    calls: u64,
     /// Where to send (un)subscribe commands; `None` while disconnected.
     sink: Option<PubSubSink>,
     /// The task ended: the feed is closed for good.
@@ -112,60 +129,6 @@ impl fmt::Debug for Shared {
             .field("live", &self.live.load(Ordering::SeqCst))
             .finish()
     }
-}
-
-/// A (un)subscribe command already handed to the connection, awaiting its
-/// confirmation.
-type Pending = Pin<Box<dyn Future<Output = RedisResult<()>> + Send>>;
-
-/// Polls a future once, right now, so that whatever it does synchronously on its
-/// first poll happens before this returns. The pub/sub sink enqueues its command
-/// on the first poll; doing that under the state lock orders commands exactly as
-/// the desired set changed.
-fn start(fut: impl Future<Output = RedisResult<()>> + Send + 'static) -> Pending {
-    let mut fut: Pending = Box::pin(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(result) => Box::pin(std::future::ready(result)),
-        Poll::Pending => fut,
-    }
-}
-
-/// Enqueues `SUBSCRIBE` (or `UNSUBSCRIBE`) commands of at most `batch` names each.
-fn start_batches(
-    sink: &PubSubSink,
-    names: &[String],
-    batch: usize,
-    subscribe: bool,
-) -> Vec<Pending> {
-    names
-        .chunks(batch.max(1))
-        .map(|chunk| {
-            let mut sink = sink.clone();
-            let chunk = chunk.to_vec();
-            start(async move {
-                if subscribe {
-                    sink.subscribe(chunk).await
-                } else {
-                    sink.unsubscribe(chunk).await
-                }
-            })
-        })
-        .collect()
-}
-
-/// Waits for every batch's confirmation, each within `limit`.
-async fn confirm(pending: Vec<Pending>, limit: Duration) -> Result<()> {
-    for batch in pending {
-        match timeout(limit, batch).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(map_error(e, limit).into_unavailable());
-            }
-            Err(_) => return Err(ScalerError::Timeout(limit)),
-        }
-    }
-    Ok(())
 }
 
 /// Opens a subscriber connection and subscribes the probe channel and every
@@ -257,14 +220,55 @@ impl fmt::Debug for RedisFeedControl {
     }
 }
 
+impl RedisFeedControl {
+    /// After a `subscribe` call: marks its topics confirmed, or, when it
+    /// failed, drops the ones it still claims that no call confirmed, and
+    /// unsubscribes them (best effort: the reader already ignores them).
+    fn settle(&self, names: &[String], claim: u64, ok: bool) {
+        let mut state = self.shared.lock();
+        let mut dropped = Vec::new();
+        for name in names {
+            let Some(desired) = state.desired.get_mut(name) else {
+                continue;
+            };
+            if ok {
+                desired.confirmed = true;
+            } else if desired.claim == claim && !desired.confirmed {
+                state.desired.remove(name);
+                dropped.push(name.clone());
+            }
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        tracing::debug!(topics = dropped.len(), "failed subscribe: topics dropped");
+        if let Some(sink) = &state.sink {
+            let pending = start_batches(sink, &dropped, self.settings.batch, false);
+            let limit = self.settings.timeout;
+            tokio::spawn(async move {
+                if let Err(e) = confirm(pending, limit).await {
+                    tracing::debug!(error = %e, "redis UNSUBSCRIBE after a failed subscribe not confirmed");
+                }
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl FeedControl for RedisFeedControl {
     async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
-        let pending = {
+        let (pending, names, claim) = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(ScalerError::Closed);
             }
+            let Some(sink) = state.sink.clone() else {
+                return Err(ScalerError::unavailable(
+                    "redis subscriber connection is down; subscribe again once the feed resumed",
+                ));
+            };
+            state.calls += 1;
+            let claim = state.calls;
             // Topics already desired are sent again (a duplicate SUBSCRIBE is
             // harmless): the call then returns only once Redis confirmed them,
             // even if another caller's SUBSCRIBE of them is still in flight.
@@ -273,26 +277,39 @@ impl FeedControl for RedisFeedControl {
             for topic in topics {
                 if seen.insert(topic) {
                     let name = self.shared.keys.topic_channel(topic);
-                    state.desired.insert(name.clone(), topic.clone());
+                    state
+                        .desired
+                        .entry(name.clone())
+                        .or_insert_with(|| Desired {
+                            topic: topic.clone(),
+                            confirmed: false,
+                            claim,
+                        })
+                        .claim = claim;
                     names.push(name);
                 }
             }
-            let Some(sink) = &state.sink else {
-                return Err(ScalerError::unavailable(
-                    "redis subscriber connection is down; the topics will be subscribed when it is back",
-                ));
-            };
-            start_batches(sink, &names, self.settings.batch, true)
+            (
+                start_batches(&sink, &names, self.settings.batch, true),
+                names,
+                claim,
+            )
         };
-        confirm(pending, self.settings.timeout).await?;
-        if self.is_live() {
-            Ok(())
-        } else {
-            // Already-desired topics are being re-subscribed after a reconnect.
-            Err(ScalerError::unavailable(
-                "redis subscriber connection is re-subscribing",
-            ))
-        }
+        let result = confirm(pending, self.settings.timeout)
+            .await
+            .and_then(|()| {
+                if self.is_live() {
+                    Ok(())
+                } else {
+                    // The connection was replaced meanwhile and is being
+                    // re-subscribed: not confirmed on a live feed.
+                    Err(ScalerError::unavailable(
+                        "redis subscriber connection is re-subscribing",
+                    ))
+                }
+            });
+        self.settle(&names, claim, result.is_ok());
+        result
     }
 
     async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
@@ -493,7 +510,7 @@ fn deliver(shared: &Shared, outbox: &mut Outbox, msg: &Msg) -> std::result::Resu
     if channel == shared.probe_channel {
         return Ok(());
     }
-    let topic = shared.lock().desired.get(channel).cloned();
+    let topic = shared.lock().desired.get(channel).map(|d| d.topic.clone());
     let Some(topic) = topic else {
         // Unsubscribed meanwhile.
         return Ok(());

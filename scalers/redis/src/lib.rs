@@ -73,10 +73,12 @@
 //!   then `Overflowed`); per-topic order is kept; a lost or silent connection
 //!   (liveness probe) gives `Interrupted`, reconnection with backoff and jitter,
 //!   re-subscription in batches ([`RedisConfig::subscribe_batch`], default 500
-//!   per `SUBSCRIBE`); `is_live()` turns true as `Resumed` is queued. While the
-//!   connection is down, `subscribe` remembers the topics (they are subscribed on
-//!   reconnect) and returns `Unavailable`, so the server can answer
-//!   `unavailable`; `unsubscribe` always succeeds and takes effect at once.
+//!   per `SUBSCRIBE`); `is_live()` turns true as `Resumed` is queued. A failed
+//!   `subscribe` leaves nothing behind: while the connection is down it records
+//!   nothing and returns `Unavailable` (the server answers `unavailable`); a
+//!   `SUBSCRIBE` not confirmed in time returns `Timeout` and its topics are
+//!   dropped and unsubscribed again. `unsubscribe` always succeeds and takes
+//!   effect at once.
 //!   Dropping the feed (either half) closes its connection.
 //! - **Registry, leases, key-value items** expire by Redis TTLs; listings skip
 //!   (and clean up) expired index entries. Lease acquire, renew and release are
@@ -90,7 +92,9 @@
 //! - **Presence** entries of instances that left the registry are not returned
 //!   and are deleted: by the read that finds them, and by a background sweep of
 //!   the instance's channels when it unregisters or when `instances()` finds its
-//!   registration expired (each expired id is reported to one caller).
+//!   registration expired (each expired id is reported to one caller), or the
+//!   periodic sweep ([`RedisConfig::sweep_interval`], 30 s) does; a failed
+//!   sweep is retried every round.
 //!
 //! Commands run on a few multiplexed connections ([`RedisConfig::pool_size`]):
 //! concurrent calls are pipelined on them, never one round trip per message.
@@ -108,12 +112,15 @@
 //! - `kv`: the versioned key-value family.
 //! - `feed`: the subscriber connection, its reader task, the probe and the
 //!   reconnect loop.
+//! - `pubsub`: batched `SUBSCRIBE`/`UNSUBSCRIBE` and their confirmation.
 //! - `pool`: the command connections, timeouts and error mapping.
 //! - `scripts`: the Lua scripts.
 //! - `keys`: the key layout above and the hash-tag escaping.
 //! - `codec`: the publication envelope (registry and presence JSON is
 //!   `scaled_sockets_scaler::records`).
 //! - `stats`: [`RedisStats`].
+//! - `sweep`: the periodic sweep of expired registrations, their presence
+//!   and expired key-value index entries.
 //!
 //! # Requirements
 //! Redis 6.2 or later (RESP3, streams, `SET ... NX PX`, multi-field `HSET`,
@@ -128,14 +135,16 @@ mod kv;
 mod leases;
 mod pool;
 mod presence;
+mod pubsub;
 mod scaler;
 mod scripts;
 mod stats;
+mod sweep;
 
 pub use config::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_PREFIX, DEFAULT_PROBE_INTERVAL,
     DEFAULT_PROBE_TIMEOUT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_SUBSCRIBE_BATCH,
-    RedisConfig,
+    DEFAULT_SWEEP_INTERVAL, RedisConfig,
 };
 pub use scaler::RedisScaler;
 pub use stats::RedisStats;

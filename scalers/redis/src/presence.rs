@@ -104,7 +104,7 @@ impl RedisScaler {
         });
     }
 
-    async fn sweep_presence(&self, id: &str) -> Result<()> {
+    pub(crate) async fn sweep_presence(&self, id: &str) -> Result<()> {
         let keys = self.keys();
         let set = keys.instance_presence(id);
         let mut cmd = redis::cmd("SMEMBERS");

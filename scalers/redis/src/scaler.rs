@@ -28,11 +28,11 @@ use std::{sync::Arc, time::Duration};
 /// answer; the connection is replaced on the next call.
 #[derive(Clone, Debug)]
 pub struct RedisScaler {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     config: RedisConfig,
     keys: Keys,
     pool: Arc<Pool>,
@@ -103,14 +103,14 @@ impl RedisScaler {
         let pool = Arc::new(Pool::new(client, config.pool_size, config.command_timeout)?);
         pool.warm_up().await?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.prefix, "redis scaler connected");
-        Ok(Self {
-            inner: Arc::new(Inner {
-                keys: Keys::new(&config.prefix),
-                config,
-                pool,
-                counters: Arc::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&config.prefix),
+            config,
+            pool,
+            counters: Arc::default(),
+        });
+        crate::sweep::spawn(Arc::downgrade(&inner), inner.config.sweep_interval);
+        Ok(Self { inner })
     }
 
     /// Counters of this scaler and its feeds (dropped events, overflows,
@@ -130,6 +130,16 @@ impl RedisScaler {
 
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The registry's live registrations (JSON) and the ids found gone by this
+    /// read (each reported by exactly one read; their presence must be swept).
+    pub(crate) async fn read_registry(&self) -> Result<(Vec<Vec<u8>>, Vec<String>)> {
+        let keys = self.keys();
+        let mut call = scripts::INSTANCES.prepare_invoke();
+        call.key(keys.instance_index())
+            .arg(keys.instance_key_prefix());
+        self.pool().script(&call).await
     }
 
     fn feed_settings(&self) -> FeedSettings {
@@ -273,11 +283,7 @@ impl Scaler for RedisScaler {
     }
 
     async fn instances(&self) -> Result<Vec<InstanceInfo>> {
-        let keys = self.keys();
-        let mut call = scripts::INSTANCES.prepare_invoke();
-        call.key(keys.instance_index())
-            .arg(keys.instance_key_prefix());
-        let (raw, gone): (Vec<Vec<u8>>, Vec<String>) = self.pool().script(&call).await?;
+        let (raw, gone) = self.read_registry().await?;
         self.sweep_presence_later(gone);
         Ok(raw
             .iter()

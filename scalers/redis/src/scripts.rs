@@ -274,6 +274,18 @@ local function kv_sweep(names, exp, n)
 end
 ";
 
+/// Forgets up to 1000 expired names in the key-value indexes (the sweep).
+///
+/// KEYS: 1 names, 2 exp. Returns how many names were still indexed before.
+pub(crate) static KV_SWEEP_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{NOW_MS}{KV_SWEEP}
+kv_sweep(KEYS[1], KEYS[2], 1000)
+return redis.call('ZCARD', KEYS[2])
+"
+    ))
+});
+
 /// The precondition of a key-value write, decided like
 /// `scaled_sockets_scaler::check::mode_holds`. `rev` and `fence` are the item's
 /// (false when absent). Returns nil when it holds, else the conflict message.

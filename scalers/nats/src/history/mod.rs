@@ -45,7 +45,9 @@
 //!   stream's `max_age`, or purged by an operator) also starts a new epoch.
 //!   `history()` on such a channel writes an *epoch marker* (offset 0, empty
 //!   payload, the request's TTL) so the epoch a subscriber is given is the one later
-//!   publications carry; feeds skip markers.
+//!   publications carry; feeds skip markers. Expired channels, markers
+//!   included, are purged by the periodic sweep (`sweep`), so a channel that
+//!   is only read leaves nothing behind once its TTL has passed.
 //! - **Size**: `Ss-Oldest` records, per write, the oldest offset history may
 //!   answer for (exactly the `MemoryScaler` deque semantics, including
 //!   `history_size == 0` and sizes changing between calls). The stream's
@@ -65,13 +67,18 @@
 //!   `history`.
 //! - `head`: the headers and what a channel's last message says (`Head`).
 //! - `read`: reading heads and missed publications back.
+//! - `sweep`: purging channels whose history expired (epoch markers of
+//!   channels that were only read included).
 
 mod head;
 mod read;
+mod sweep;
 
 pub use head::{EPOCH_HEADER, OFFSET_HEADER, live_publication};
 
 use crate::{
+    NatsConfig,
+    config::HEADER_ROOM_BYTES,
     errors::{classify, to_scaler},
     names::Names,
     records::TTL_HEADER,
@@ -83,7 +90,8 @@ use async_nats::{
 use bytes::Bytes;
 use head::{EPOCH_SEQ_HEADER, Head, OLDEST_HEADER, PREV_HEADER};
 use scaled_sockets_scaler::{
-    HistoryPage, HistoryRequest, PublishOptions, Result, StreamPosition, types::new_epoch,
+    HistoryPage, HistoryRequest, PublishOptions, Result, ScalerError, StreamPosition,
+    types::new_epoch,
 };
 use std::{
     collections::HashMap,
@@ -118,6 +126,8 @@ pub struct History {
     timeout: Duration,
     max_size: u64,
     max_ttl: Duration,
+    /// Largest payload a publish accepts.
+    max_payload: usize,
     cache: Mutex<HashMap<String, Cached>>,
     config: async_nats::jetstream::stream::Config,
     /// One append in flight per channel from this process. Appends are a
@@ -135,30 +145,30 @@ pub(crate) enum Append {
 }
 
 impl History {
-    /// Opens (creating or updating) the history stream.
-    pub async fn open(
-        js: &Context,
-        names: &Names,
-        max_size: u64,
-        max_ttl: Duration,
-        replicas: usize,
-        timeout: Duration,
-    ) -> Result<Self> {
+    /// Opens (creating or updating) the history stream with the limits of
+    /// `config` (`max_history_size`, `max_history_ttl`, `max_history_bytes`,
+    /// `max_publication_bytes`, `replicas`).
+    pub async fn open(js: &Context, names: &Names, config: &NatsConfig) -> Result<Self> {
         use async_nats::jetstream::stream::{
             Config, DiscardPolicy, Republish, RetentionPolicy, StorageType,
         };
-        let config = Config {
+        let timeout = config.request_timeout;
+        let max_ttl = config.max_history_ttl;
+        let stream_config = Config {
             name: names.history_stream.clone(),
             description: Some("Scaled Sockets channel history".into()),
             subjects: vec![names.history_wildcard()],
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
-            max_messages_per_subject: max_size as i64,
+            max_messages_per_subject: config.max_history_size as i64,
             max_messages: -1,
-            max_bytes: -1,
+            max_bytes: config.max_history_bytes as i64,
+            // The payload plus the scaler's headers: a backstop behind the
+            // check in `publish`, which gives the clear error.
+            max_message_size: (config.max_publication_bytes + HEADER_ROOM_BYTES) as i32,
             max_age: max_ttl,
             storage: StorageType::File,
-            num_replicas: replicas,
+            num_replicas: config.replicas,
             duplicate_window: crate::streams::duplicate_window(max_ttl),
             republish: Some(Republish {
                 source: names.history_wildcard(),
@@ -167,17 +177,18 @@ impl History {
             }),
             ..Default::default()
         };
-        let stream = crate::streams::ensure(js, &config, timeout).await?;
+        let stream = crate::streams::ensure(js, &stream_config, timeout).await?;
         Ok(Self {
             js: js.clone(),
             stream,
             names: names.clone(),
             timeout,
-            max_size,
+            max_size: config.max_history_size,
             max_ttl,
+            max_payload: config.max_publication_bytes,
             cache: Mutex::new(HashMap::new()),
             appending: Mutex::new(HashMap::new()),
-            config,
+            config: stream_config,
         })
     }
 
@@ -295,6 +306,14 @@ impl History {
         payload: Bytes,
         options: &PublishOptions,
     ) -> Result<StreamPosition> {
+        if payload.len() > self.max_payload {
+            return Err(ScalerError::InvalidArgument(format!(
+                "publication of {} bytes exceeds the NATS scaler's limit of {} bytes \
+                 (NatsConfig::max_publication_bytes)",
+                payload.len(),
+                self.max_payload
+            )));
+        }
         let subject = self.names.history_subject(channel);
         let gate = {
             let mut gates = self.appending.lock().unwrap_or_else(|p| p.into_inner());
