@@ -21,6 +21,7 @@ COPY client/rust ./client/rust
 COPY client/js/scaled-sockets.js ./client/js/scaled-sockets.js
 COPY client/js/demo ./client/js/demo
 COPY tests/harness ./tests/harness
+COPY bench ./bench
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin scaled-sockets --example demo \
