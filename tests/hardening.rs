@@ -498,3 +498,47 @@ async fn a_session_resumed_after_its_instance_died_gets_its_subscriptions_back()
     assert_eq!(resumed.recv_type("message").await["offset"], 3);
     assert_eq!(resumed.recv_type("message").await["offset"], 4);
 }
+
+/// Finding 3: a publication of an older epoch, buffered while history said
+/// the stream is in another epoch, wedged the subscription in a repair loop
+/// that never ended: nothing was delivered on that channel any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_epoch_publication_does_not_wedge_the_subscription() {
+    let faulty = support::faulty::FaultyScaler::new();
+    let srv = TestServer::start(test_config("stale"), Arc::new(faulty.clone()), demo_app()).await;
+    let (mut sub, _) = Raw::connect(&srv.url()).await;
+    let reply = sub
+        .call(json!({"type":"subscribe","id":1,"channel":"stale"}))
+        .await;
+    let epoch = reply["epoch"].as_str().unwrap().to_owned();
+    // A late frame of a stream life that is gone (another epoch) reaches the
+    // instance.
+    faulty
+        .faults
+        .inject(scaled_sockets::scaler::FeedEvent::Publication(
+            scaled_sockets::scaler::Publication {
+                channel: "stale".into(),
+                offset: 1,
+                epoch: "an-older-epoch".into(),
+                payload: bytes::Bytes::from_static(b"\"stale\""),
+            },
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The subscription still delivers what is published now.
+    let published = srv
+        .sockets
+        .publish("stale", &scaled_sockets::Data::json(&"fresh").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&*published.epoch, epoch.as_str());
+    let message = sub.recv_type("message").await;
+    assert_eq!(message["data"], "fresh", "{message}");
+    assert_eq!(message["offset"], published.offset);
+    // And the subscription is at rest: a wedged one would go on reading
+    // history (replaying what it can) in a loop that never ends.
+    let first = metric(&srv, "recoveries_total").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = metric(&srv, "recoveries_total").await;
+    assert_eq!(first, second, "the subscription keeps repairing in a loop");
+}

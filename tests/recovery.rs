@@ -295,3 +295,41 @@ async fn backend_outage_fails_loudly_and_recovers() {
     let m = client.recv_type("message").await;
     assert_eq!(m["data"], "after");
 }
+
+/// A client that resumes its session and subscribes again at once (a page
+/// reload) races the server's restore of the same subscription: its
+/// `subscribe` is answered when the restore completes, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_the_session_restores_the_channel_is_answered() {
+    let faulty = support::faulty::FaultyScaler::new();
+    let srv = TestServer::start(test_config("reload"), Arc::new(faulty.clone()), demo_app()).await;
+    let (mut first, welcome) = Raw::connect(&srv.url()).await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    first
+        .call(json!({"type":"subscribe","id":1,"channel":"reload"}))
+        .await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The restore reads history slowly, so the client's subscribe arrives
+    // while it is still being set up.
+    faulty
+        .faults
+        .slow_history
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for round in 0..5 {
+        let mut raw = Raw::open(&srv.url()).await;
+        raw.send(json!({"type":"connect","session":session})).await;
+        raw.send(json!({"type":"subscribe","id":7,"channel":"reload"}))
+            .await;
+        let welcome = raw.recv_type("welcome").await;
+        assert_eq!(welcome["resumed"], true, "round {round}: {welcome}");
+        let answer = loop {
+            let frame = raw.recv().await;
+            if frame["id"] == 7 {
+                break frame;
+            }
+        };
+        assert_eq!(answer["type"], "reply", "round {round}: {answer}");
+        assert!(answer["epoch"].is_string(), "{answer}");
+    }
+}

@@ -184,6 +184,8 @@ export interface ClientEvents {
   subscribed: (info: SubscribedInfo) => void;
   unsubscribed: (info: UnsubscribedInfo) => void;
   left: (frame: LeftFrame) => void;
+  /** A core joined before a reconnect was joined again on the new connection. */
+  rejoined: (core: string, data: any) => void;
   message: (channel: string, data: any, frame: MessageFrame) => void;
   disconnect: (frame: DisconnectFrame) => void;
   disconnected: (info: { code: number; reason: string }) => void;

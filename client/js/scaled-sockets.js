@@ -280,6 +280,9 @@ export class Client {
       this._session = storage()?.getItem(this._storageKey) ?? null;
     }
     this._channels = new Map();
+    // Cores joined (core id -> the data of the join), joined again on every
+    // new connection: a membership belongs to a connection, not a session.
+    this._cores = new Map();
     this._unsubscribing = new Set();
     this._offlineUnsubs = new Set();
     this._queue = [];
@@ -427,13 +430,45 @@ export class Client {
   async join(core, data, opts = {}) {
     checkName("core", core);
     const reply = await this._request({ type: "join", core, data: data ?? null }, opts.timeoutMs);
+    this._cores.set(core, data ?? null);
     return reply.data ?? null;
   }
 
   /** Leaves core `core`. */
   async leave(core, opts = {}) {
     checkName("core", core);
+    this._cores.delete(core);
     await this._request({ type: "leave", core }, opts.timeoutMs);
+  }
+
+  /**
+   * After a reconnect: joins every core joined before again (the old
+   * connection's memberships ended with it). A core that is not reachable
+   * yet (its instance died and it is being respawned) is retried with
+   * backoff while this connection lasts. Emits "rejoined" (core, reply data).
+   */
+  _rejoinCores(conn) {
+    for (const [core, data] of this._cores) {
+      let attempt = 0;
+      const tryJoin = () => {
+        if (this._conn !== conn || !this._cores.has(core)) return;
+        this._request({ type: "join", core, data }).then(
+          (reply) => this._emit("rejoined", core, reply.data ?? null),
+          (err) => {
+            if (this._conn !== conn || !this._cores.has(core)) return;
+            const code = err && err.code;
+            if (code === "not_found" || code === "unavailable" || code === "timeout") {
+              attempt += 1;
+              setTimeout(tryJoin, Math.min(250 * 2 ** attempt, 5000));
+            } else {
+              this._cores.delete(core);
+              this._emit("error", err);
+            }
+          },
+        );
+      };
+      tryJoin();
+    }
   }
 
   /** Resolves with `{clients: [{client, user}]}`: every connection subscribed to `channel`, on any instance. */
@@ -756,6 +791,7 @@ export class Client {
       if (ch.state === "pending" && ch.pendingId === null && ch.inConnect !== conn) this._sendSubscribe(ch);
     }
     this._flushQueue(conn);
+    this._rejoinCores(conn);
     const waiters = this._connectWaiters;
     this._connectWaiters = [];
     for (const w of waiters) w.resolve(frame);
@@ -940,6 +976,9 @@ export class Client {
         this._onServerAsk(conn, frame);
         break;
       case "left":
+        // Without `rejoin` the membership is over; with it, the app decides
+        // (the "left" handler may join again).
+        if (!frame.rejoin) this._cores.delete(frame.core);
         this._emit("left", frame);
         break;
       case "disconnect":

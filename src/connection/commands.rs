@@ -186,18 +186,20 @@ impl Conn {
         let Some(sub) = self.subs.get(request.channel.as_str()) else {
             return self.start_subscription(Some(id), request);
         };
-        let frame = match &sub.position {
-            Some(pos) => protocol::reply(id)
-                .u64("offset", pos.offset)
-                .str("epoch", &pos.epoch)
-                .finish(),
-            None => protocol::error(
-                Some(id),
-                ErrorCode::BadRequest,
-                "a subscription to this channel is in progress",
-            ),
-        };
-        self.answer(id, frame, out);
+        match &sub.position {
+            Some(pos) => {
+                let frame = protocol::reply(id)
+                    .u64("offset", pos.offset)
+                    .str("epoch", &pos.epoch)
+                    .finish();
+                self.answer(id, frame, out);
+            }
+            // Being set up (say, restored from the session the client just
+            // resumed): answered when that completes, with its position.
+            None => self
+                .waiting_subscribes
+                .push((request.channel.as_str().into(), id)),
+        }
     }
 
     fn on_publish(

@@ -228,6 +228,7 @@ pub(super) async fn welcome(
         last_publish: None,
         presence_chain: None,
         session_chain: None,
+        waiting_subscribes: Vec::new(),
         saved_fingerprint: 0,
         saved_at_ms: 0,
         hub,

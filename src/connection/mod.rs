@@ -79,6 +79,10 @@ struct Conn {
     presence_chain: Option<oneshot::Receiver<()>>,
     /// Completion of this connection's latest session write.
     session_chain: Option<oneshot::Receiver<()>>,
+    /// Subscribes of a channel whose subscription was still being set up:
+    /// (channel, id), answered when it completes. Empty, and so unallocated,
+    /// almost always.
+    waiting_subscribes: Vec<(Arc<str>, u64)>,
     /// `positions_fingerprint` and hub clock of the last session save.
     saved_fingerprint: u64,
     saved_at_ms: u64,

@@ -178,6 +178,35 @@ impl Conn {
         });
     }
 
+    /// Answers the subscribes that waited for this channel's subscription to
+    /// be set up: with its position, or its error.
+    fn answer_waiting_subscribes(
+        &mut self,
+        channel: &Arc<str>,
+        result: &SharedPage,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if self.waiting_subscribes.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting_subscribes);
+        for (waited, id) in waiting {
+            if waited != *channel {
+                self.waiting_subscribes.push((waited, id));
+                continue;
+            }
+            self.pending.remove(&id);
+            let frame = match result {
+                Ok(page) => protocol::reply(id)
+                    .u64("offset", page.top.offset)
+                    .str("epoch", &page.top.epoch)
+                    .finish(),
+                Err(e) => protocol::error(Some(id), e.code.clone(), &e.message),
+            };
+            out.push(frame.into());
+        }
+    }
+
     /// Orders this connection's presence writes: returns the completion of
     /// the previous one (to await first) and the signal of this one.
     fn presence_turn(&mut self) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
@@ -255,6 +284,14 @@ impl Conn {
             self.pending.remove(&id);
         }
         let current = self.subs.get(&channel).map(|s| s.generation);
+        if current == Some(generation) {
+            self.answer_waiting_subscribes(&channel, &result, out);
+        } else {
+            let gone = Err(CommandError::not_found(
+                "unsubscribed before the subscription completed",
+            ));
+            self.answer_waiting_subscribes(&channel, &gone, out);
+        }
         if current != Some(generation) {
             // Unsubscribed meanwhile. Undo what the task did, unless a newer
             // subscription to the channel now relies on it.

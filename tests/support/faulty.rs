@@ -24,8 +24,22 @@ use tokio::sync::mpsc;
 pub struct Faults {
     /// `publish` waits while this is set (then publishes).
     pub hang_publish: AtomicBool,
+    /// `history` answers 300 ms late while this is set.
+    pub slow_history: AtomicBool,
     /// Feeds silently drop every publication while this is set.
     pub drop_live: AtomicBool,
+    /// Pushes events into the feeds opened so far, as if the backend sent them.
+    pub inject: std::sync::Mutex<Vec<mpsc::Sender<FeedEvent>>>,
+}
+
+impl Faults {
+    /// Delivers `event` to every feed, after what they already received.
+    pub async fn inject(&self, event: FeedEvent) {
+        let senders = self.inject.lock().unwrap().clone();
+        for tx in senders {
+            let _ = tx.send(event.clone()).await;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +74,7 @@ impl Scaler for FaultyScaler {
             mut events,
         } = self.inner.open_feed(instance_id).await?;
         let (tx, rx) = mpsc::channel(1024);
+        self.faults.inject.lock().unwrap().push(tx.clone());
         let faults = self.faults.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -90,6 +105,9 @@ impl Scaler for FaultyScaler {
         self.inner.send(topic, payload).await
     }
     async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage> {
+        if self.faults.slow_history.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         self.inner.history(channel, request).await
     }
     async fn register_instance(&self, info: &InstanceInfo, ttl: Duration) -> Result<()> {

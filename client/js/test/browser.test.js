@@ -407,9 +407,7 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
     }
   });
 
-  test("a reloaded page resumes its session and its chat", {
-    todo: "known bug: the resumed session re-makes the chat subscription while the page subscribes again, and the server answers the page's subscribe with bad_request \"a subscription to this channel is in progress\" (racy)",
-  }, async () => {
+  test("a reloaded page resumes its session and its chat", async () => {
     const before = await pageInfo(alice.page);
     const shown = await chatLines(alice.page);
     await alice.page.reload();

@@ -29,6 +29,7 @@ export async function useEverything(WS: new (url: string) => any): Promise<void>
   c.on("subscribed", (i: SubscribedInfo) => void i.recovered);
   c.on("unsubscribed", (i) => void i.reason);
   c.on("left", (f) => void f.rejoin);
+  c.on("rejoined", (core, data) => void [core.length, data]);
   c.on("message", (channel: string, data: unknown, frame) => void [channel, data, frame.offset]);
   c.on("disconnect", (f) => void f.reconnect);
   c.on("disconnected", ({ code, reason }) => void [code, reason]);
