@@ -542,3 +542,36 @@ async fn a_stale_epoch_publication_does_not_wedge_the_subscription() {
     let second = metric(&srv, "recoveries_total").await;
     assert_eq!(first, second, "the subscription keeps repairing in a loop");
 }
+
+/// Finding 12 (a session tell): one instance that could not be reached
+/// aborted a session-wide tell half-way, so connections of the session on
+/// instances later in the list never got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreachable_instance_does_not_cut_a_session_tell_short() {
+    let faulty = support::faulty::FaultyScaler::new();
+    let mut servers = Vec::new();
+    for i in 0..9 {
+        let srv = TestServer::start(
+            test_config(&format!("tell-{i}")),
+            Arc::new(faulty.clone()),
+            demo_app(),
+        )
+        .await;
+        servers.push(srv);
+    }
+    // Seven of the nine instances cannot be reached from the sender.
+    *faulty.faults.unreachable_instances.lock().unwrap() =
+        (1..8).map(|i| format!("tell-{i}")).collect();
+    // The session's connection is on the last one, in whatever place the
+    // sender's list puts it.
+    let (mut member, welcome) = Raw::connect(&servers[8].url()).await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await; // every view has all nine
+    let result = servers[0]
+        .sockets
+        .tell_session(&session, "hello", &scaled_sockets::Data::json(&1).unwrap())
+        .await;
+    assert!(result.is_err(), "the unreachable instances are reported");
+    let tell = member.recv_type("tell").await;
+    assert_eq!(tell["event"], "hello");
+}

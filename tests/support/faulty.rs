@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 pub struct Faults {
     /// `publish` waits while this is set (then publishes).
     pub hang_publish: AtomicBool,
+    /// Messages to these instances' inboxes fail with `unavailable`.
+    pub unreachable_instances: std::sync::Mutex<Vec<String>>,
     /// `history` answers 300 ms late while this is set.
     pub slow_history: AtomicBool,
     /// Feeds silently drop every publication while this is set.
@@ -102,6 +104,20 @@ impl Scaler for FaultyScaler {
         self.inner.publish(channel, payload, options).await
     }
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if let Topic::Instance(id) = topic {
+            if self
+                .faults
+                .unreachable_instances
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| **i == **id)
+            {
+                return Err(scaled_sockets::scaler::ScalerError::unavailable(format!(
+                    "instance {id} unreachable (injected)"
+                )));
+            }
+        }
         self.inner.send(topic, payload).await
     }
     async fn history(&self, channel: &str, request: &HistoryRequest) -> Result<HistoryPage> {
