@@ -109,12 +109,50 @@ impl Core for Counter {
     }
 }
 
+#[derive(Deserialize)]
+struct SessionSet {
+    key: String,
+    value: Data,
+}
+
+/// ask `session_set`: stores a value in the caller's session data, shared by
+/// every connection of the session and kept in the scaler.
+async fn session_set(
+    cx: Context,
+    Json(set): Json<SessionSet>,
+) -> Result<serde_json::Value, CommandError> {
+    cx.session().set(&set.key, &set.value).await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct SessionGet {
+    key: String,
+}
+
+#[derive(Serialize)]
+struct SessionValue {
+    value: Option<Data>,
+}
+
+/// ask `session_get`: `{"value": V}`, `null` when absent.
+async fn session_get(
+    cx: Context,
+    Json(get): Json<SessionGet>,
+) -> Result<SessionValue, CommandError> {
+    Ok(SessionValue {
+        value: cx.session().get(&get.key).await?,
+    })
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let app = App::new()
         .ask("echo", echo)
         .ask("whoami", whoami)
         .ask("spawn", spawn)
+        .ask("session_set", session_set)
+        .ask("session_get", session_get)
         .tell("echo", tell_echo)
         .core("counter", Counter::default)
         // The page a person can use: chat with presence, a counter core, the

@@ -74,6 +74,14 @@ impl Serialize for Data {
     }
 }
 
+/// Deserializes any JSON value, kept as it was written (a `Data` field of a
+/// typed input holds that field's raw JSON).
+impl<'de> serde::Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

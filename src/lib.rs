@@ -44,6 +44,8 @@
 //!   [`Json`] and [`State`]), hooks, [`Context`].
 //! - [`auth`]: [`Authenticator`], [`Identity`], the HS256 [`JwtAuthenticator`].
 //! - [`data`]: [`Data`], JSON relayed untouched.
+//! - [`session_data`]: [`SessionData`], a small key-value map per session
+//!   kept in the scaler for the resume window.
 //! - [`protocol`]: the `scaled-sockets-protocol` crate, shared with the
 //!   clients: wire protocol v1 parsing and encoding, error and close codes.
 //! - [`config`]: limits and timeouts with their defaults.
@@ -67,6 +69,7 @@ pub mod pattern;
 pub use scaled_sockets_protocol as protocol;
 pub mod rate_limit;
 pub mod server;
+pub mod session_data;
 mod shutdown;
 pub mod sockets;
 
@@ -82,4 +85,5 @@ pub use http::ScaledSocketsService;
 pub use pattern::Permission;
 pub use scaled_sockets_scaler::{self as scaler, MemoryScaler, Scaler, StreamPosition};
 pub use server::Server;
+pub use session_data::SessionData;
 pub use sockets::Sockets;

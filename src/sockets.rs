@@ -6,6 +6,7 @@ use crate::{
     error::CommandError,
     hub::{Hub, PeerMessage},
     protocol,
+    session_data::SessionData,
 };
 use bytes::Bytes;
 use scaled_sockets_scaler::{InstanceInfo, PresenceEntry, Scaler, StreamPosition, Topic};
@@ -175,6 +176,15 @@ impl Sockets {
                 },
             )
             .await
+    }
+
+    /// The data of session `session` (see [`SessionData`]).
+    pub fn session_data(&self, session: &str) -> SessionData {
+        SessionData::new(
+            self.hub.scaler.clone(),
+            session,
+            self.hub.config.resume_window,
+        )
     }
 
     /// Who is subscribed to a channel, on every instance.

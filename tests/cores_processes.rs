@@ -10,29 +10,10 @@ mod support;
 
 use scaled_sockets_test_harness::RedisServer;
 use serde_json::{Value, json};
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 use support::{BinaryInstance, Raw, http};
 
 const API_KEY: &str = "cores-processes-key";
-
-/// The demo binary next to the crate's binary (`target/<profile>/examples/demo`).
-fn demo_binary() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_scaled-sockets"));
-    let demo = bin
-        .parent()
-        .expect("binary directory")
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        demo.exists(),
-        "{} is missing: run `cargo build -p scaled-sockets --example demo` (or the whole `cargo test -p scaled-sockets`)",
-        demo.display()
-    );
-    demo
-}
 
 async fn rejoin(client: &mut Raw, core: &str, deadline: Instant) -> Value {
     let mut id = 100;
@@ -51,7 +32,7 @@ async fn rejoin(client: &mut Raw, core: &str, deadline: Instant) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owners_counter_is_respawned_within_15_s() {
-    let demo = demo_binary();
+    let demo = support::demo_binary();
     let redis = tokio::task::block_in_place(RedisServer::start);
     let url = redis.url();
     let prefix = format!("coresproc{}", std::process::id());

@@ -41,6 +41,12 @@ impl Context {
         self.sockets.instance_id()
     }
 
+    /// This connection's session data, shared by every connection of the
+    /// session and kept in the scaler for the resume window.
+    pub fn session(&self) -> crate::SessionData {
+        self.sockets.session_data(&self.session)
+    }
+
     /// The app's shared state, as given to [`crate::App::with_state`]. An app
     /// that registered no state of type `S` gets `internal`, which
     /// [`crate::Server::start`] already refuses for handlers taking

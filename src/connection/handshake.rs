@@ -231,6 +231,7 @@ pub(super) async fn welcome(
         waiting_subscribes: Vec::new(),
         saved_fingerprint: 0,
         saved_at_ms: 0,
+        data_touched_at_ms: hub.clock_ms(),
         hub,
         app,
         cores,

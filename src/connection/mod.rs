@@ -86,6 +86,8 @@ struct Conn {
     /// `positions_fingerprint` and hub clock of the last session save.
     saved_fingerprint: u64,
     saved_at_ms: u64,
+    /// Hub clock when the session's data was last renewed.
+    data_touched_at_ms: u64,
     /// When the recent bad frames came (a sliding 10 s window; empty, and so
     /// unallocated, for well-behaved clients).
     bad: VecDeque<Instant>,
@@ -262,6 +264,17 @@ impl Conn {
             .on_disconnect
             .clone()
             .map(|hook| hook(self.context()));
-        self.write_session(record, hook);
+        // The session's data lives a whole resume window after its last
+        // connection closed, like the record.
+        let data = self.session_data();
+        let after: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
+            if let Err(e) = data.touch().await {
+                tracing::debug!(error = %e, "could not renew session data");
+            }
+            if let Some(hook) = hook {
+                hook.await;
+            }
+        });
+        self.write_session(record, Some(after));
     }
 }

@@ -92,6 +92,17 @@ impl Conn {
     pub(super) fn save_session_if_changed(&mut self) {
         let now = self.hub.clock_ms();
         let refresh_ms = (self.hub.config.resume_window.as_millis() / 2) as u64;
+        // Session data outlives no connection of its session: renewed while
+        // one is open (and at its close).
+        if now.saturating_sub(self.data_touched_at_ms) >= refresh_ms {
+            self.data_touched_at_ms = now;
+            let data = self.session_data();
+            tokio::spawn(async move {
+                if let Err(e) = data.touch().await {
+                    tracing::debug!(error = %e, "could not renew session data");
+                }
+            });
+        }
         let fingerprint = self.positions_fingerprint();
         if fingerprint == self.saved_fingerprint
             && now.saturating_sub(self.saved_at_ms) < refresh_ms
@@ -128,6 +139,15 @@ impl Conn {
                 then.await;
             }
         });
+    }
+
+    /// This connection's session data.
+    pub(super) fn session_data(&self) -> crate::SessionData {
+        crate::SessionData::new(
+            self.hub.scaler.clone(),
+            &self.handle.session,
+            self.hub.config.resume_window,
+        )
     }
 
     /// The record at close: the positions last delivered (a subscription

@@ -377,3 +377,21 @@ impl Drop for BinaryInstance {
         let _ = self.child.wait();
     }
 }
+
+/// The demo example's binary next to the crate's binary
+/// (`target/<profile>/examples/demo`), which `cargo test -p scaled-sockets`
+/// builds with the tests.
+pub fn demo_binary() -> std::path::PathBuf {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_scaled-sockets"));
+    let demo = bin
+        .parent()
+        .expect("binary directory")
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        demo.exists(),
+        "{} is missing: run `cargo build -p scaled-sockets --example demo` (or the whole `cargo test -p scaled-sockets`)",
+        demo.display()
+    );
+    demo
+}
