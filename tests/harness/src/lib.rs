@@ -7,18 +7,46 @@
 //! A missing binary is a loud failure with the install hint, never a skip.
 
 use std::{
+    collections::BTreeSet,
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before by this
+/// process: tests run in parallel threads, and two servers started on one
+/// port would have one test talk to another test's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral loopback port");
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Asks a Redis on `port` for its process id (`INFO server`).
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("process_id:") || !text[text.find("process_id:")?..].contains('\n') {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let line = text.lines().find(|l| l.starts_with("process_id:"))?;
+    line["process_id:".len()..].trim().parse().ok()
 }
 
 fn require_binary(name: &str, hint: &str) -> PathBuf {
@@ -34,14 +62,22 @@ fn require_binary(name: &str, hint: &str) -> PathBuf {
     );
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+/// Waits until the child accepts connections on `port`. Err when it exited
+/// (say, the port was taken after all): the caller may try another port.
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited during start-up with {status}");
+            return Err(format!("{what} exited during start-up with {status}"));
         }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            // Whoever answered, our child must still be running (a server
+            // that lost the port to another one exits at once).
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("{what} exited during start-up with {status}"));
+            }
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -69,7 +105,35 @@ struct Owned {
 }
 
 impl Owned {
+    /// Starts the process on its port (a restart: the port must not change).
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e} (port {})", self.port);
+        }
+    }
+
+    /// The first start: on a port another process took meanwhile, tries
+    /// again on a new one.
+    fn spawn_fresh(&mut self) {
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(_) => {
+                    let old = self.port.to_string();
+                    self.port = free_port();
+                    let new = self.port.to_string();
+                    for arg in &mut self.args {
+                        if *arg == old {
+                            arg.clone_from(&new);
+                        }
+                    }
+                }
+            }
+        }
+        panic!("{} could not start on 5 different ports", self.name);
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "{} already running", self.name);
         let mut child = Command::new(&self.binary)
             .args(&self.args)
@@ -78,8 +142,22 @@ impl Owned {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
-        wait_for_port(self.port, &mut child, self.name);
+        if let Err(e) = wait_for_port(self.port, &mut child, self.name) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        if self.name == "redis-server" && redis_pid(self.port) != Some(child.id()) {
+            // Another process's Redis answers on this port.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "another redis-server answers on port {}",
+                self.port
+            ));
+        }
         self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {
@@ -137,7 +215,7 @@ impl RedisServer {
             name: "redis-server",
             child: None,
         };
-        proc.spawn();
+        proc.spawn_fresh();
         Self { proc, dir }
     }
 
@@ -212,7 +290,7 @@ impl NatsServer {
             name: "nats-server",
             child: None,
         };
-        proc.spawn();
+        proc.spawn_fresh();
         Self { proc, dir }
     }
 
