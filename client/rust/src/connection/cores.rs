@@ -106,6 +106,7 @@ impl Task {
             id,
             core: Cow::Borrowed(core),
             data: &joined.data,
+            redirect: false,
         }
         .encode();
         debug!(%core, id, "rejoining core");

@@ -316,6 +316,7 @@ impl Task {
                         id,
                         core: core.into(),
                         data,
+                        redirect: false,
                     },
                     Request::Leave { core } => ClientFrame::Leave {
                         id,
