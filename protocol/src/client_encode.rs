@@ -95,7 +95,17 @@ impl ClientFrame<'_> {
             | Self::Tell { event, data, core } => {
                 w = opt_str(w.str("event", event), "core", core.as_deref()).raw("data", data.get());
             }
-            Self::Join { id: _, core, data } => w = w.str("core", core).raw("data", data.get()),
+            Self::Join {
+                id: _,
+                core,
+                data,
+                redirect,
+            } => {
+                w = w.str("core", core).raw("data", data.get());
+                if *redirect {
+                    w = w.bool("redirect", true);
+                }
+            }
             Self::Leave { id: _, core } => w = w.str("core", core),
             Self::Reply { id: _, data } => w = w.raw("data", data.get()),
             Self::Error {

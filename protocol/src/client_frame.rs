@@ -46,6 +46,8 @@ struct RawFrame<'a> {
     code: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     message: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    redirect: Option<&'a RawValue>,
 }
 
 /// A subscription position sent by a client (in `connect.subscriptions` or
@@ -128,6 +130,10 @@ pub enum ClientFrame<'a> {
         core: Cow<'a, str>,
         /// Raw JSON data (`null` when absent).
         data: &'a RawValue,
+        /// `"redirect": true` (an addition to the contract): when the core
+        /// runs on another instance, answer with its address instead of
+        /// joining through this one. `false` when absent or `null`.
+        redirect: bool,
     },
     /// `leave` a core.
     Leave {
@@ -238,6 +244,15 @@ impl<'a> RawFrame<'a> {
 
     fn data_or_null(&self) -> &'a RawValue {
         self.data.unwrap_or_else(null_raw)
+    }
+
+    /// `redirect`: a boolean; absent or `null` is `false`.
+    fn redirect(&self) -> Result<bool, String> {
+        match self.redirect.map(|r| r.get()) {
+            None | Some("null") | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err("`redirect` must be a boolean".into()),
+        }
     }
 }
 
@@ -382,10 +397,12 @@ pub fn parse_client_frame<'a>(text: &'a str) -> Result<ClientFrame<'a>, BadFrame
         "join" => {
             let id = need_id("join")?;
             raw.required_name(raw.core, "core")
-                .map(|core| ClientFrame::Join {
+                .and_then(|core| Ok((core, raw.redirect()?)))
+                .map(|(core, redirect)| ClientFrame::Join {
                     id,
                     core,
                     data: raw.data_or_null(),
+                    redirect,
                 })
                 .map_err(|m| bad(Some(id), m))
         }
@@ -491,6 +508,37 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse_client_frame(r#"{"type":"publish","id":1,"channel":"c"}"#).is_err());
+    }
+
+    #[test]
+    fn join_redirect_is_an_optional_boolean() {
+        let redirect = |text: &str| match parse_client_frame(text) {
+            Ok(ClientFrame::Join { redirect, .. }) => Ok(redirect),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.message),
+        };
+        assert_eq!(redirect(r#"{"type":"join","id":1,"core":"m"}"#), Ok(false));
+        let with = |v: &str| format!(r#"{{"type":"join","id":1,"core":"m","redirect":{v}}}"#);
+        assert_eq!(redirect(&with("null")), Ok(false));
+        assert_eq!(redirect(&with("false")), Ok(false));
+        assert_eq!(redirect(&with("true")), Ok(true));
+        for bad in ["1", "\"true\"", "{}"] {
+            let err = redirect(&with(bad)).unwrap_err();
+            assert!(err.contains("redirect"), "{bad}: {err}");
+        }
+        // Encoded only when set; the encoding parses back.
+        let data = RawValue::from_string("{}".into()).unwrap();
+        for flag in [false, true] {
+            let frame = ClientFrame::Join {
+                id: 2,
+                core: "m".into(),
+                data: &data,
+                redirect: flag,
+            };
+            let text = frame.encode();
+            assert_eq!(text.contains("redirect"), flag, "{text}");
+            assert_eq!(redirect(&text), Ok(flag));
+        }
     }
 
     #[test]

@@ -146,12 +146,26 @@ impl Conn {
                 core,
             } => self.on_ask(id, &event, data, core, out),
             ClientFrame::Tell { event, data, core } => self.on_tell(&event, data, core, out),
-            ClientFrame::Join { id, core, data } => {
+            ClientFrame::Join {
+                id,
+                core,
+                data,
+                redirect,
+            } => {
                 let cores = self.cores.clone();
                 let client = self.handle.client.clone();
                 let (core, data) = (core.into_owned(), Data::from(data));
                 let max_data = self.hub.config.max_data_bytes;
                 self.spawn_command(id, async move {
+                    if redirect {
+                        // Latency-critical clients connect to the owner
+                        // themselves rather than be relayed through here.
+                        match cores.redirect(&core).await {
+                            Ok(None) => {} // the core is here: join it
+                            Ok(Some(to)) => return answer_data(id, Ok(to), max_data),
+                            Err(e) => return answer_data(id, Err(e), max_data),
+                        }
+                    }
                     answer_data(id, cores.join(&client, &core, data).await, max_data)
                 });
             }

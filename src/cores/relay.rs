@@ -92,6 +92,32 @@ impl Cores {
 
     // ----- client commands ---------------------------------------------------------
 
+    /// For a `join` with `redirect`: when core `core` runs on another
+    /// instance, `{"redirect": its advertised address, "instance": its id}`
+    /// (no membership is made); `None` when it runs here.
+    pub(crate) async fn redirect(&self, core: &str) -> Result<Option<Data>, CommandError> {
+        let route = self.lookup(core).await?;
+        if route.owner == self.instance() {
+            return Ok(None);
+        }
+        let owner = self
+            .hub
+            .scaler
+            .instances()
+            .await?
+            .into_iter()
+            .find(|i| i.id == route.owner)
+            .ok_or_else(|| moved(core))?;
+        if owner.address.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                format!("instance `{}` advertises no address", owner.id),
+            ));
+        }
+        Data::json(&serde_json::json!({ "redirect": owner.address, "instance": owner.id }))
+            .map(Some)
+    }
+
     /// A client of this instance joins a core; the answer is the core's.
     pub(crate) async fn join(
         &self,

@@ -240,6 +240,13 @@ impl Client {
     }
 
     /// Joins core `core`; returns the core's answer.
+    ///
+    /// Once joined, the client stays a member by itself: after a
+    /// [`Left`](crate::Event::Left) with `rejoin: true` (the core restarted or
+    /// moved) and after every reconnect, it joins again with the same `data`,
+    /// retrying with backoff while the core is being respawned, and emits
+    /// [`Rejoined`](crate::Event::Rejoined) (or
+    /// [`RejoinFailed`](crate::Event::RejoinFailed) when it gives up).
     pub fn join<K, T>(
         &self,
         core: K,
@@ -256,7 +263,7 @@ impl Client {
         async move { Ok(reply_data(self.request(req?).await?)) }
     }
 
-    /// Leaves core `core`.
+    /// Leaves core `core` (and stops rejoining it).
     pub async fn leave(&self, core: impl Into<String>) -> Result<()> {
         self.request(Request::Leave { core: core.into() }).await?;
         Ok(())

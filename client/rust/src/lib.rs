@@ -5,7 +5,8 @@
 //! the WebSocket. The task answers pings, reconnects with exponential backoff
 //! and jitter when the connection is lost, resumes the session, and
 //! re-subscribes every channel from the last message it delivered, so the
-//! server replays what was missed; duplicates are dropped by offset.
+//! server replays what was missed; duplicates are dropped by offset. It also
+//! joins its cores again after a reconnect or when a core moves.
 //!
 //! # Quick start
 //!

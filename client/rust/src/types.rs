@@ -114,8 +114,9 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// The client is no longer a member of core `core`; with `rejoin` it
-    /// should [`join`](crate::Client::join) again.
+    /// The client is no longer a member of core `core`. With `rejoin` (the
+    /// core restarted or moved) the client joins it again by itself
+    /// ([`Rejoined`](Event::Rejoined) follows); without, it forgets the core.
     Left {
         /// The core id.
         core: String,
@@ -123,6 +124,23 @@ pub enum Event {
         reason: String,
         /// Whether to join again.
         rejoin: bool,
+    },
+    /// The client joined core `core` again by itself, after a
+    /// [`Left`](Event::Left) with `rejoin: true` or after a reconnect;
+    /// `data` is the core's answer to the join.
+    Rejoined {
+        /// The core id.
+        core: String,
+        /// The core's answer, exactly as sent.
+        data: Box<RawValue>,
+    },
+    /// The client stopped trying to join core `core` again: the core
+    /// refused, or stayed unreachable for a minute. It is no longer a member.
+    RejoinFailed {
+        /// The core id.
+        core: String,
+        /// The last answer.
+        error: Error,
     },
     /// The server announced it is about to close the connection.
     Disconnect {

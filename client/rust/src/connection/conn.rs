@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use scaled_sockets_protocol::{ClientFrame, Reply, Welcome};
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -19,6 +20,17 @@ use crate::error::Error;
 /// What an answer (`reply` or `error` with an id) is for.
 pub(super) enum Pending {
     Request(oneshot::Sender<Result<Reply, Error>>),
+    /// The caller's `join`: remembered for rejoining once it succeeds.
+    Join {
+        core: String,
+        data: Box<RawValue>,
+        reply: oneshot::Sender<Result<Reply, Error>>,
+    },
+    /// A `join` the client sent by itself; `seq` tells a stale answer apart.
+    Rejoin {
+        core: String,
+        seq: u64,
+    },
     Subscribe {
         channel: String,
     },

@@ -83,11 +83,18 @@ impl Task {
                 core,
                 reason,
                 rejoin,
-            } => self.shared.emit(Event::Left {
-                core,
-                reason,
-                rejoin,
-            }),
+            } => {
+                self.shared.emit(Event::Left {
+                    core: core.clone(),
+                    reason,
+                    rejoin,
+                });
+                if rejoin {
+                    self.start_rejoin(conn, &core).await?;
+                } else {
+                    self.forget_core(&core);
+                }
+            }
             ServerFrame::Disconnect {
                 code,
                 reason,
@@ -120,6 +127,15 @@ impl Task {
             Pending::Request(tx) => {
                 let _ = tx.send(answer);
             }
+            Pending::Join { core, data, reply } => {
+                // Remembered even if the caller gave up waiting: the
+                // membership exists all the same.
+                if answer.is_ok() {
+                    self.remember_core(core, data);
+                }
+                let _ = reply.send(answer);
+            }
+            Pending::Rejoin { core, seq } => self.on_rejoin_answer(core, seq, answer),
             Pending::Subscribe { channel } => {
                 self.on_subscribe_answer(conn, channel, id, answer).await?
             }
@@ -190,6 +206,11 @@ impl Task {
                 }
                 Ok(())
             }
+            Control::Rejoin {
+                core,
+                seq,
+                generation,
+            } => self.on_rejoin_timer(conn, core, seq, generation).await,
             Control::Unsubscribe {
                 channel,
                 sub_id,
@@ -295,6 +316,7 @@ impl Task {
                         id,
                         core: core.into(),
                         data,
+                        redirect: false,
                     },
                     Request::Leave { core } => ClientFrame::Leave {
                         id,
@@ -306,7 +328,15 @@ impl Task {
                     },
                 }
                 .encode();
-                conn.pending.insert(id, Pending::Request(reply));
+                let pending = match req {
+                    Request::Join { core, data } => Pending::Join { core, data, reply },
+                    Request::Leave { core } => {
+                        self.forget_core(&core);
+                        Pending::Request(reply)
+                    }
+                    _ => Pending::Request(reply),
+                };
+                conn.pending.insert(id, pending);
                 conn.send_text(text).await
             }
             Command::Tell { event, core, data } => {

@@ -71,4 +71,11 @@ pub(crate) enum Control {
         text: String,
     },
     Close(oneshot::Sender<()>),
+    /// A backoff delay before joining `core` again is over (`seq`: which
+    /// rejoin it belongs to; `generation`: on which connection).
+    Rejoin {
+        core: String,
+        seq: u64,
+        generation: u64,
+    },
 }

@@ -12,6 +12,8 @@
 //!   control messages, and of the server's `ask`s.
 //! - [`channels`]: per-channel subscription state, delivery without gaps or
 //!   duplicates, and recovery positions.
+//! - [`cores`]: the cores joined, and joining them again after a `left`
+//!   with `rejoin` or a reconnect.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +33,7 @@ use crate::types::{AskError, AskRequest, ConnectionInfo, Event};
 
 mod channels;
 mod conn;
+mod cores;
 mod dispatch;
 mod handshake;
 mod messages;

@@ -14,6 +14,7 @@ use tracing::{debug, trace, warn};
 
 use super::channels::{ChanState, Channel};
 use super::conn::{Conn, Exit, Pending};
+use super::cores::Joined;
 use super::handshake::{close_error, establish, retryable};
 use super::{
     ABNORMAL, CLOSE_TIMEOUT, Command, Config, Control, FATAL_CLOSE_CODES, STABLE_AFTER, Shared, Ws,
@@ -54,6 +55,11 @@ pub(crate) struct Task {
     pub(super) offline_unsubs: HashSet<String>,
     pub(super) generation: u64,
     pub(super) backoff: Backoff,
+    /// Cores joined, by id: joined again after a reconnect or a `left`
+    /// with `rejoin`.
+    pub(super) cores: HashMap<String, Joined>,
+    /// Last rejoin sequence number handed out (see [`Joined`]).
+    pub(super) core_seq: u64,
 }
 
 impl Task {
@@ -77,6 +83,8 @@ impl Task {
             offline_unsubs: HashSet::new(),
             generation: 0,
             backoff,
+            cores: HashMap::new(),
+            core_seq: 0,
         }
     }
 
@@ -198,6 +206,8 @@ impl Task {
         match ctl {
             Control::Close(done) => return Err(Stop::User(done)),
             Control::AskReply { .. } => {} // its connection is gone
+            // The next connection joins every remembered core anyway.
+            Control::Rejoin { .. } => {}
             Control::Unsubscribe {
                 channel,
                 sub_id,
@@ -224,6 +234,12 @@ impl Task {
         } else {
             Ok(())
         };
+        // The old connection's memberships ended with it, resumed session
+        // or not.
+        let exit = match exit {
+            Ok(()) => self.rejoin_all(&mut conn).await,
+            Err(exit) => Err(exit),
+        };
         let exit = match exit {
             Ok(()) => self.serve(&mut conn).await,
             Err(exit) => exit,
@@ -238,13 +254,16 @@ impl Task {
         };
         for (_, pending) in conn.pending.drain() {
             match pending {
-                Pending::Request(tx) => {
+                Pending::Request(tx) | Pending::Join { reply: tx, .. } => {
                     let _ = tx.send(Err(failure.clone()));
                 }
                 Pending::Unsubscribe { done: Some(d), .. } => {
                     let _ = d.send(Ok(()));
                 }
-                Pending::Unsubscribe { done: None, .. } | Pending::Subscribe { .. } => {}
+                // A rejoin is started again on the next connection.
+                Pending::Unsubscribe { done: None, .. }
+                | Pending::Subscribe { .. }
+                | Pending::Rejoin { .. } => {}
             }
         }
         self.channels.retain(|_, ch| match &mut ch.state {
