@@ -1,7 +1,10 @@
 //! Cores across a real cluster: in-process servers, each with its own
-//! connection to one private Redis. Placement, one owner per id, relaying
+//! connection to one private backend. Placement, one owner per id, relaying
 //! between instances in one order, failover after an owner dies, handover
 //! on drain, restart after a panic, and fencing of a stale owner.
+//!
+//! Every scenario is one generic body run against Redis and against NATS
+//! (`backend_tests!` at the bottom): both scalers face the same assertions.
 
 mod support;
 
@@ -10,7 +13,7 @@ use scaled_sockets::{
     cli::scaler_from_url,
     scaler::{LeaseOutcome, PutMode, PutOptions, Topic},
 };
-use scaled_sockets_test_harness::RedisServer;
+use scaled_sockets_test_harness::{NatsServer, RedisServer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
@@ -158,20 +161,50 @@ fn config(id: &str) -> Config {
     }
 }
 
+/// A private backend server the cluster's instances share.
+trait Backend: Send + 'static {
+    /// Starts a private server on a free loopback port.
+    fn start() -> Self;
+    /// The scaler URL that reaches it.
+    fn scaler_url(&self) -> String;
+}
+
+impl Backend for RedisServer {
+    fn start() -> Self {
+        RedisServer::start()
+    }
+    fn scaler_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl Backend for NatsServer {
+    fn start() -> Self {
+        NatsServer::start()
+    }
+    fn scaler_url(&self) -> String {
+        self.url()
+    }
+}
+
 struct Cluster {
     nodes: Vec<Option<TestServer>>,
-    redis: RedisServer,
+    /// Kept alive (the server process stops when it drops); only its URL is used.
+    _backend: Box<dyn Send>,
+    url: String,
     prefix: String,
 }
 
 impl Cluster {
     /// Three instances `n1..=n3`; `kinds[i]` are the core kinds of instance i.
-    async fn start(kinds: [&[&str]; 3]) -> Self {
-        let redis = tokio::task::block_in_place(RedisServer::start);
-        let prefix = format!("c{}", uuid::Uuid::new_v4().simple());
+    async fn start<B: Backend>(kinds: [&[&str]; 3]) -> Self {
+        let backend = tokio::task::block_in_place(B::start);
+        // NATS takes at most 32 characters; the backend is private anyway.
+        let prefix = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let mut cluster = Self {
             nodes: Vec::new(),
-            redis,
+            url: backend.scaler_url(),
+            _backend: Box::new(backend),
             prefix,
         };
         for (i, kinds) in kinds.iter().enumerate() {
@@ -182,9 +215,9 @@ impl Cluster {
     }
 
     async fn server(&self, id: &str, kinds: &[&str]) -> TestServer {
-        let scaler = scaler_from_url(&self.redis.url(), &self.prefix)
+        let scaler = scaler_from_url(&self.url, &self.prefix)
             .await
-            .expect("redis scaler");
+            .expect("scaler");
         TestServer::start(config(id), scaler, app(kinds)).await
     }
 
@@ -267,10 +300,9 @@ async fn settle(cluster: &Cluster, connections: [u64; 3]) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placement_picks_the_least_loaded_instance_offering_the_kind() {
+async fn placement_picks_the_least_loaded_instance_offering_the_kind<B: Backend>() {
     // n3 offers no counter: it is never chosen, though it has no load.
-    let cluster = Cluster::start([&["counter"], &["counter"], &["other"]]).await;
+    let cluster = Cluster::start::<B>([&["counter"], &["counter"], &["other"]]).await;
     let _a = (
         Raw::connect(&cluster.node(0).url()).await,
         Raw::connect(&cluster.node(0).url()).await,
@@ -332,9 +364,8 @@ async fn placement_picks_the_least_loaded_instance_offering_the_kind() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_spawns_of_one_id_yield_one_owner() {
-    let cluster = Cluster::start([&["counter"]; 3]).await;
+async fn concurrent_spawns_of_one_id_yield_one_owner<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let mut spawns = Vec::new();
     for round in 0..12 {
         let sockets = cluster.node(round % 3).sockets.clone();
@@ -377,9 +408,8 @@ async fn concurrent_spawns_of_one_id_yield_one_owner() {
     assert!(body.contains("\"race\""), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_on_three_instances_see_every_increment_in_one_order() {
-    let cluster = Cluster::start([&["counter"]; 3]).await;
+async fn members_on_three_instances_see_every_increment_in_one_order<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let mut clients = Vec::new();
     for i in 0..3 {
         let (mut client, _) = Raw::connect(&cluster.node(i).url()).await;
@@ -440,9 +470,8 @@ async fn members_on_three_instances_see_every_increment_in_one_order() {
     assert_eq!(again["code"], "not_found", "{again}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_owners_core_is_respawned_on_a_survivor_and_members_rejoin() {
-    let mut cluster = Cluster::start([&["counter"]; 3]).await;
+async fn a_dead_owners_core_is_respawned_on_a_survivor_and_members_rejoin<B: Backend>() {
+    let mut cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let owner = cluster
         .node(0)
         .sockets
@@ -504,9 +533,8 @@ async fn a_dead_owners_core_is_respawned_on_a_survivor_and_members_rejoin() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_instance_hands_its_core_over_with_its_snapshot() {
-    let mut cluster = Cluster::start([&["counter"]; 3]).await;
+async fn a_draining_instance_hands_its_core_over_with_its_snapshot<B: Backend>() {
+    let mut cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let sockets = cluster.node(0).sockets.clone();
     let owner = sockets
         .spawn_core("counter", "kept", &Data::json("save").unwrap())
@@ -538,9 +566,8 @@ async fn a_draining_instance_hands_its_core_over_with_its_snapshot() {
     assert_ne!(cores[0].instance, owner);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_core_restarts_from_its_last_snapshot() {
-    let cluster = Cluster::start([&["counter"]; 3]).await;
+async fn a_panicking_core_restarts_from_its_last_snapshot<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let owner = cluster
         .node(0)
         .sockets
@@ -558,10 +585,12 @@ async fn a_panicking_core_restarts_from_its_last_snapshot() {
     for _ in 0..3 {
         near.recv_type("tell").await;
     }
-    let boom = ask(&mut far, 2, "fragile", "boom").await;
+    // The far instance hands the relayed answer to the waiting ask and
+    // pushes `left` itself: the client may see them in either order.
+    let (boom, far_left) = ask_and_left(&mut far, 2, "fragile", "boom").await;
     assert_eq!(boom["code"], "internal", "{boom}");
-    for client in [&mut near, &mut far] {
-        let left = client.recv_type("left").await;
+    let near_left = near.recv_type("left").await;
+    for (client, left) in [(&mut near, near_left), (&mut far, far_left)] {
         assert_eq!(
             left,
             json!({"type": "left", "core": "fragile", "reason": "restarted", "rejoin": true})
@@ -587,9 +616,8 @@ async fn a_panicking_core_restarts_from_its_last_snapshot() {
     )));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_owner_cannot_publish_save_or_reach_members() {
-    let cluster = Cluster::start([&["counter"]; 3]).await;
+async fn a_stale_owner_cannot_publish_save_or_reach_members<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let sockets = cluster.node(0).sockets.clone();
     let owner = sockets
         .spawn_core("counter", "s1", &Data::null())
@@ -689,9 +717,8 @@ async fn a_stale_owner_cannot_publish_save_or_reach_members() {
     assert_eq!(left["core"], "s2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_core_tells_its_members_and_is_forgotten() {
-    let cluster = Cluster::start([&["counter"]; 3]).await;
+async fn a_stopped_core_tells_its_members_and_is_forgotten<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter"]; 3]).await;
     let owner = cluster
         .node(0)
         .sockets
@@ -733,9 +760,8 @@ async fn a_stopped_core_tells_its_members_and_is_forgotten() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn custom_placement_ticks_and_asks_from_non_members() {
-    let cluster = Cluster::start([&["counter", "ticker"]; 3]).await;
+async fn custom_placement_ticks_and_asks_from_non_members<B: Backend>() {
+    let cluster = Cluster::start::<B>([&["counter", "ticker"]; 3]).await;
     let owner = cluster
         .node(0)
         .sockets
@@ -765,3 +791,42 @@ async fn custom_placement_ticks_and_asks_from_non_members() {
     assert_eq!(missing["code"], "not_found", "{missing}");
     stranger.quiet(Duration::from_millis(300)).await;
 }
+
+/// One `#[tokio::test]` per scenario, calling the generic body with the
+/// given backend.
+macro_rules! backend_tests {
+    ($module:ident: $backend:ident { $($test:ident),* $(,)? }) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<scaled_sockets_test_harness::$backend>().await;
+                }
+            )*
+        }
+    };
+}
+
+backend_tests!(redis: RedisServer {
+    placement_picks_the_least_loaded_instance_offering_the_kind,
+    concurrent_spawns_of_one_id_yield_one_owner,
+    members_on_three_instances_see_every_increment_in_one_order,
+    a_dead_owners_core_is_respawned_on_a_survivor_and_members_rejoin,
+    a_draining_instance_hands_its_core_over_with_its_snapshot,
+    a_panicking_core_restarts_from_its_last_snapshot,
+    a_stale_owner_cannot_publish_save_or_reach_members,
+    a_stopped_core_tells_its_members_and_is_forgotten,
+    custom_placement_ticks_and_asks_from_non_members,
+});
+
+backend_tests!(nats: NatsServer {
+    placement_picks_the_least_loaded_instance_offering_the_kind,
+    concurrent_spawns_of_one_id_yield_one_owner,
+    members_on_three_instances_see_every_increment_in_one_order,
+    a_dead_owners_core_is_respawned_on_a_survivor_and_members_rejoin,
+    a_draining_instance_hands_its_core_over_with_its_snapshot,
+    a_panicking_core_restarts_from_its_last_snapshot,
+    a_stale_owner_cannot_publish_save_or_reach_members,
+    a_stopped_core_tells_its_members_and_is_forgotten,
+    custom_placement_ticks_and_asks_from_non_members,
+});

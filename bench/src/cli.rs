@@ -36,11 +36,11 @@ pub struct RunArgs {
     /// The scaled-sockets binary [default: <workspace>/target/release/scaled-sockets]
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// The demo example binary, for W4 [default: <workspace>/target/release/examples/demo]
+    /// The demo example binary, for W4 and W8 [default: <workspace>/target/release/examples/demo]
     #[arg(long)]
     pub demo_bin: Option<PathBuf>,
-    /// Comma-separated workloads: W1,W2,W3,W4,W5,W6,W7
-    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7")]
+    /// Comma-separated workloads: W1,W2,W3,W4,W5,W6,W7,W8
+    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7,W8")]
     pub workloads: Vec<String>,
     /// Interleaved runs per workload (ours, floor, ours, floor, ...); medians are reported
     #[arg(long, default_value_t = 3)]

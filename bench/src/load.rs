@@ -152,19 +152,33 @@ pub async fn handshake(ws: &mut Ws, token: Option<&str>) -> Result<(), String> {
 
 /// Sends a command with `id` and waits for its reply.
 pub async fn command(ws: &mut Ws, id: u64, frame: serde_json::Value) -> Result<(), String> {
+    call(ws, id, frame).await.map(drop)
+}
+
+/// Sends a command with `id` and returns its reply's `data`.
+pub async fn call(
+    ws: &mut Ws,
+    id: u64,
+    frame: serde_json::Value,
+) -> Result<serde_json::Value, String> {
     ws.send(Message::text(frame.to_string()))
         .await
         .map_err(|e| format!("send: {e}"))?;
+    let mut data = serde_json::Value::Null;
     read_until(ws, "reply", |v| {
         if v["id"] != id {
             return None;
         }
         match v["type"].as_str() {
-            Some("reply") => Some(Ok(())),
+            Some("reply") => {
+                data = v["data"].clone();
+                Some(Ok(()))
+            }
             _ => Some(Err(format!("command {id} failed: {v}"))),
         }
     })
-    .await
+    .await?;
+    Ok(data)
 }
 
 pub async fn subscribe(ws: &mut Ws, id: u64, channel: &str) -> Result<(), String> {

@@ -7,10 +7,12 @@
 //! - [`connect`] — W5 (connect + subscribe rate with JWT).
 //! - [`publish`] — W6 (publishes/s, beside redis-benchmark).
 //! - [`channels`] — W7 (4 instances, 2,000 channels, bytes from Redis).
+//! - [`cores`] — W8 (asks to a core relayed between two instances, beside local asks).
 
 mod ask;
 mod channels;
 mod connect;
+mod cores;
 mod fanout;
 mod idle;
 mod publish;
@@ -270,7 +272,8 @@ pub async fn run_all(args: RunArgs) -> Result<(), String> {
             "W5" => connect::w5(&mut ctx).await?,
             "W6" => publish::w6(&mut ctx).await?,
             "W7" => channels::w7(&mut ctx).await?,
-            other => return Err(format!("unknown workload {other:?} (W1..W7)")),
+            "W8" => cores::w8(&mut ctx).await?,
+            other => return Err(format!("unknown workload {other:?} (W1..W8)")),
         }
         eprintln!("   {w} took {:.0} s", t.elapsed().as_secs_f64());
         write_results(&mut ctx)?;
