@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use support::{Raw, TestServer, eventually, http, test_config};
 
 const API_KEY: &str = "cores-key";
-/// Respawn bound of SERVER.md.
+/// Respawn bound of the contract (docs/protocol.md, demo handlers).
 const RESPAWN_LIMIT: Duration = Duration::from_secs(15);
 
 /// A counter; with `save`, it keeps its value in snapshots. Asks: `get`,

@@ -1,7 +1,7 @@
 //! The demo's `counter` core across three real `demo` processes sharing a
 //! private Redis, with the default lease and heartbeat settings: one
 //! instance is killed with SIGKILL, and the core is back on a survivor within
-//! the 15 s SERVER.md promises, its members told to rejoin.
+//! the 15 s the contract promises, its members told to rejoin.
 //!
 //! Runs the `demo` example's binary, which `cargo test -p scaled-sockets`
 //! builds with the tests (`cargo build --example demo` builds it alone).
