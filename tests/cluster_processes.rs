@@ -887,7 +887,10 @@ async fn backend_restart_mid_stream<B: Backend>() {
     assert!(all_answer(&healthz, 200).await, "/healthz stays 200");
     cluster.assert_all_running("during the outage");
 
-    // Bring it back.
+    // Bring it back. Publishes answered before the restart began must all
+    // have been refused (the backend accepts connections during start-up,
+    // before `start_again` returns).
+    let restarting = Instant::now();
     tokio::task::block_in_place(|| cluster.backend.start_again());
     let restarted = Instant::now();
     eventually(
@@ -932,9 +935,15 @@ async fn backend_restart_mid_stream<B: Backend>() {
     // What the streamer was told.
     for a in &log {
         if let Err(code) = &a.outcome {
-            assert_eq!(code, "unavailable", "refused publishes say why: {a:?}");
+            // `unavailable`: not sent. `timeout`: sent when the backend went
+            // away and not confirmed (the NATS client may still deliver it
+            // after reconnecting): the documented "may or may not".
+            assert!(
+                code == "unavailable" || code == "timeout",
+                "refused publishes say why: {a:?}"
+            );
         }
-        if a.sent > stopped && a.answered < restarted {
+        if a.sent > stopped && a.answered < restarting {
             assert!(
                 a.outcome.is_err(),
                 "nothing is accepted while the backend is down: {a:?}"
