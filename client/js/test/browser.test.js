@@ -7,8 +7,8 @@
 // (until then `spawn` answers not_found and ONLY those steps are skipped, loudly).
 //
 // Screenshots: client/js/test/artifacts/*.png (git-ignored). With
-// UPDATE_DOCS_SCREENSHOT=1 the laptop-sized page (both pages chatting) is
-// also written to docs/images/demo.png (the README's picture).
+// UPDATE_DOCS_SCREENSHOT=1 the laptop-sized page (both pages chatting, the
+// shared counter) is also written to docs/images/demo.png (the README's picture).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -274,11 +274,7 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
         return list.includes(`you: ${me.client}`) && list.includes(other.client);
       }, 6000, `${p.name}'s presence list to show both clients`);
     }
-    const laptop = await shot(alice.page, "01-alice-laptop");
-    if (process.env.UPDATE_DOCS_SCREENSHOT === "1") {
-      mkdirSync(path.dirname(DOCS_SCREENSHOT), { recursive: true });
-      copyFileSync(laptop, DOCS_SCREENSHOT);
-    }
+    await shot(alice.page, "01-alice-laptop");
     await shot(bob.page, "01-bob-phone");
   });
 
@@ -304,6 +300,12 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
     await bob.page.waitForFunction(() => /runs on \S+/.test(document.getElementById("core-info").textContent), null, { timeout: 5000 });
     const where = (await bob.page.textContent("#core-info")).match(/runs on (\S+)/)[1];
     assert.ok(instances.has(where), `the core runs on ${where}, one of the cluster's instances`);
+    // The README's picture: chat, presence and the shared counter.
+    const laptop = await shot(alice.page, "01b-alice-counter");
+    if (process.env.UPDATE_DOCS_SCREENSHOT === "1") {
+      mkdirSync(path.dirname(DOCS_SCREENSHOT), { recursive: true });
+      copyFileSync(laptop, DOCS_SCREENSHOT);
+    }
   });
 
   step("kill -9 of alice's instance: both pages go on, every message exactly once", async (t) => {
