@@ -11,19 +11,14 @@
 // shared counter) is also written to docs/images/demo.png (the README's picture).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
-import os from "node:os";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { Client } from "../scaled-sockets.js";
-import { WebSocket, freePort, repoRoot, requireBinary, sleep, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
+import { WebSocket, freePort, repoRoot, sleep, startNginx, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
 
 const CHROMIUM = "/usr/bin/chromium";
-const RENDER = path.join(repoRoot, "deploy", "nginx", "render.sh");
-const TEMPLATE = path.join(repoRoot, "deploy", "nginx", "nginx.conf");
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "artifacts");
 const DOCS_SCREENSHOT = path.join(repoRoot, "docs", "images", "demo.png");
 
@@ -31,58 +26,6 @@ function requireChromium() {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
   }
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1");
-    s.on("connect", () => (s.destroy(), resolve(true)));
-    s.on("error", () => resolve(false));
-  });
-}
-
-/** nginx running deploy/nginx/nginx.conf rendered by deploy/nginx/render.sh for these ports. */
-async function startNginx(listenPort, upstreamPorts) {
-  const bin = requireBinary("nginx", "apt-get install -y nginx-light (or nginx)");
-  const prefix = mkdtempSync(path.join(os.tmpdir(), "ss-browser-nginx-"));
-  mkdirSync(path.join(prefix, "logs"));
-  mkdirSync(path.join(prefix, "temp"));
-  const rendered = spawnSync("sh", [RENDER, TEMPLATE, `127.0.0.1:${listenPort}`, ...upstreamPorts.map((p) => `127.0.0.1:${p}`)], {
-    encoding: "utf8",
-  });
-  if (rendered.status !== 0) throw new Error(`${RENDER} failed (${rendered.status}): ${rendered.stderr}`);
-  const conf = path.join(prefix, "nginx.conf");
-  writeFileSync(conf, rendered.stdout);
-  // As root, the workers would run as nobody, who cannot write the prefix.
-  const globals = "daemon off;" + (process.getuid?.() === 0 ? " user root;" : "");
-  const child = spawn(bin, ["-p", prefix, "-c", conf, "-e", "logs/error.log", "-g", globals], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout.on("data", (d) => (output += d));
-  child.stderr.on("data", (d) => (output += d));
-  const exited = new Promise((r) => child.on("exit", (code) => r(code)));
-  let alive = true;
-  child.on("exit", () => (alive = false));
-  await waitFor(async () => !alive || (await portOpen(listenPort)), 10000, "nginx to listen");
-  if (!alive) {
-    let log = "";
-    try {
-      log = readFileSync(path.join(prefix, "logs", "error.log"), "utf8");
-    } catch {}
-    throw new Error(`nginx exited at start:\n${output}\n${log}`);
-  }
-  return {
-    url: `http://127.0.0.1:${listenPort}`,
-    async stop() {
-      // SIGTERM: the master stops its workers, then exits.
-      if (alive) process.kill(child.pid, "SIGTERM");
-      const timer = setTimeout(() => alive && process.kill(child.pid, "SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-      rmSync(prefix, { recursive: true, force: true });
-    },
-  };
 }
 
 // ------------------------------------------------------------ page helpers

@@ -2,8 +2,9 @@
 // free loopback ports, and small waiting helpers. Nothing is mocked.
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
@@ -189,4 +190,70 @@ export async function makeJwt(secret, claims) {
   const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
   const sig = createHmac("sha256", secret).update(body).digest("base64url");
   return `${body}.${sig}`;
+}
+
+// ------------------------------------------------------------ nginx
+
+const NGINX_RENDER = path.join(repoRoot, "deploy", "nginx", "render.sh");
+const NGINX_TEMPLATE = path.join(repoRoot, "deploy", "nginx", "nginx.conf");
+
+function portOpen(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    s.on("connect", () => (s.destroy(), resolve(true)));
+    s.on("error", () => resolve(false));
+  });
+}
+
+/**
+ * deploy/nginx/nginx.conf rendered for these ports by deploy/nginx/render.sh,
+ * the same script the compose file runs: every test runs the tested file.
+ */
+export function renderNginxConfig(listenPort, upstreamPorts) {
+  const rendered = spawnSync("sh", [NGINX_RENDER, NGINX_TEMPLATE, `127.0.0.1:${listenPort}`, ...upstreamPorts.map((p) => `127.0.0.1:${p}`)], {
+    encoding: "utf8",
+  });
+  if (rendered.status !== 0) throw new Error(`${NGINX_RENDER} failed (${rendered.status}): ${rendered.stderr}`);
+  return rendered.stdout;
+}
+
+/** nginx running that rendered config; stop() ends it (SIGTERM, then SIGKILL). */
+export async function startNginx(listenPort, upstreamPorts) {
+  const bin = requireBinary("nginx", "apt-get install -y nginx-light (or nginx)");
+  const prefix = mkdtempSync(path.join(os.tmpdir(), "ss-nginx-"));
+  mkdirSync(path.join(prefix, "logs"));
+  mkdirSync(path.join(prefix, "temp"));
+  const conf = path.join(prefix, "nginx.conf");
+  writeFileSync(conf, renderNginxConfig(listenPort, upstreamPorts));
+  // As root, the workers would run as nobody, who cannot write the prefix.
+  const globals = "daemon off;" + (process.getuid?.() === 0 ? " user root;" : "");
+  const child = spawn(bin, ["-p", prefix, "-c", conf, "-e", "logs/error.log", "-g", globals], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  child.stderr.on("data", (d) => (output += d));
+  const exited = new Promise((r) => child.on("exit", (code) => r(code)));
+  let alive = true;
+  child.on("exit", () => (alive = false));
+  await waitFor(async () => !alive || (await portOpen(listenPort)), 10000, "nginx to listen");
+  if (!alive) {
+    let log = "";
+    try {
+      log = readFileSync(path.join(prefix, "logs", "error.log"), "utf8");
+    } catch {}
+    throw new Error(`nginx exited at start:\n${output}\n${log}`);
+  }
+  return {
+    url: `http://127.0.0.1:${listenPort}`,
+    prefix,
+    async stop() {
+      // SIGTERM: the master stops its workers, then exits.
+      if (alive) process.kill(child.pid, "SIGTERM");
+      const timer = setTimeout(() => alive && process.kill(child.pid, "SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+      rmSync(prefix, { recursive: true, force: true });
+    },
+  };
 }

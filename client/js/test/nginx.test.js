@@ -3,84 +3,10 @@
 // instance under a steady publish load.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
-import os from "node:os";
-import path from "node:path";
 import { Client } from "../scaled-sockets.js";
 import {
-  WebSocket, freePort, repoRoot, requireBinary, sleep, startRedis, startServer, stopAll, waitFor,
+  WebSocket, freePort, renderNginxConfig, sleep, startNginx, startRedis, startServer, stopAll, waitFor,
 } from "./helpers.js";
-
-const TEMPLATE = path.join(repoRoot, "deploy", "nginx", "nginx.conf");
-
-/** The deployed config with this test's ports: same file, other upstream servers and listen port. */
-export function nginxConfig(template, listenPort, upstreamPorts) {
-  const servers = upstreamPorts
-    .map((p) => `        server 127.0.0.1:${p} max_fails=1 fail_timeout=5s;`)
-    .join("\n");
-  let out = template.replace(/(upstream scaled_sockets \{[\s\S]*?)(?:\s*server 127\.0\.0\.1:\d+[^\n]*\n)+/, `$1\n${servers}\n`);
-  out = out.replace(/listen 127\.0\.0\.1:\d+;/, `listen 127.0.0.1:${listenPort};`);
-  if (out === template || !out.includes(`listen 127.0.0.1:${listenPort};`) || !out.includes(servers)) {
-    throw new Error(`${TEMPLATE}: upstream block or listen line not found`);
-  }
-  return out;
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1");
-    s.on("connect", () => (s.destroy(), resolve(true)));
-    s.on("error", () => resolve(false));
-  });
-}
-
-async function startNginx(listenPort, upstreamPorts) {
-  const bin = requireBinary("nginx", "apt-get install -y nginx-light (or nginx)");
-  const prefix = mkdtempSync(path.join(os.tmpdir(), "ss-nginx-"));
-  mkdirSync(path.join(prefix, "logs"));
-  mkdirSync(path.join(prefix, "temp"));
-  const conf = path.join(prefix, "nginx.conf");
-  writeFileSync(conf, nginxConfig(readFileSync(TEMPLATE, "utf8"), listenPort, upstreamPorts));
-  // As root, the workers would run as nobody, who cannot write the prefix.
-  const globals = "daemon off;" + (process.getuid?.() === 0 ? " user root;" : "");
-  const child = spawn(bin, ["-p", prefix, "-c", conf, "-e", "logs/error.log", "-g", globals], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout.on("data", (d) => (output += d));
-  child.stderr.on("data", (d) => (output += d));
-  const exited = new Promise((r) => child.on("exit", (code) => r(code)));
-  let alive = true;
-  child.on("exit", () => (alive = false));
-  try {
-    await waitFor(async () => !alive || (await portOpen(listenPort)), 10000, "nginx to listen");
-  } catch (e) {
-    e.message += `\n${output}`;
-    throw e;
-  }
-  if (!alive) {
-    let log = "";
-    try {
-      log = readFileSync(path.join(prefix, "logs", "error.log"), "utf8");
-    } catch {}
-    throw new Error(`nginx exited at start:\n${output}\n${log}`);
-  }
-  return {
-    url: `http://127.0.0.1:${listenPort}`,
-    prefix,
-    async stop() {
-      // SIGTERM: the master stops its workers (a killed master would leave
-      // them running, holding the port and our output pipes), then exits.
-      if (alive) process.kill(child.pid, "SIGTERM");
-      const timer = setTimeout(() => alive && process.kill(child.pid, "SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-      rmSync(prefix, { recursive: true, force: true });
-    },
-  };
-}
 
 describe("through nginx", () => {
   let redis, nginx;
@@ -101,7 +27,7 @@ describe("through nginx", () => {
   });
 
   test("the template is rewritten to the chosen ports", () => {
-    const out = nginxConfig(readFileSync(TEMPLATE, "utf8"), 9999, [1, 2]);
+    const out = renderNginxConfig(9999, [1, 2]);
     assert.match(out, /listen 127\.0\.0\.1:9999;/);
     assert.match(out, /upstream scaled_sockets \{[^}]*server 127\.0\.0\.1:1 [^}]*server 127\.0\.0\.1:2 [^}]*\}/);
     assert.doesNotMatch(out, /:808[1-3]/);
