@@ -180,12 +180,23 @@ fn compose_nginx_runs_the_tested_config() {
         .find(|v| v.starts_with("./deploy/nginx:"))
         .expect("nginx mounts ./deploy/nginx");
     let target = mount.split(':').nth(1).unwrap().to_owned();
-    // The browser test renders and runs these same two files.
-    let browser_test = read("client/js/test/browser.test.js");
+    // The nginx and browser tests render and run these same two files,
+    // through the one starter in the JS test helpers.
+    let helpers = read("client/js/test/helpers.js");
     assert!(
-        browser_test.contains(r#""deploy", "nginx", "nginx.conf""#)
-            && browser_test.contains(r#""deploy", "nginx", "render.sh""#)
+        helpers.contains(r#""deploy", "nginx", "nginx.conf""#)
+            && helpers.contains(r#""deploy", "nginx", "render.sh""#),
+        "client/js/test/helpers.js renders deploy/nginx/nginx.conf with render.sh"
     );
+    for test in [
+        "client/js/test/browser.test.js",
+        "client/js/test/nginx.test.js",
+    ] {
+        assert!(
+            read(test).contains("startNginx"),
+            "{test} starts nginx with the shared helper"
+        );
+    }
 
     let mut script = strings(&nginx["entrypoint"]);
     assert_eq!(script, ["/bin/sh", "-c"], "nginx's entrypoint is a shell");
