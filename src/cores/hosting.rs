@@ -49,6 +49,19 @@ impl Cores {
         lock(&self.local).get(id).map(|c| (c.ops.clone(), c.token))
     }
 
+    /// The queue of core `id` hosted here under `route`'s fencing token; a
+    /// core that is gone or hosted under another token has moved.
+    pub(super) fn local_ops(
+        &self,
+        id: &str,
+        route: &super::Route,
+    ) -> Result<OpSender, CommandError> {
+        match self.local_core(id) {
+            Some((ops, token)) if token == route.token => Ok(ops),
+            _ => Err(super::relay::moved(id)),
+        }
+    }
+
     /// Hosts core `id` here unless another instance holds its lease; returns
     /// the owner's instance id. `respawn` counts it as a takeover.
     pub(super) async fn host(&self, id: &str, respawn: bool) -> Result<String, CommandError> {

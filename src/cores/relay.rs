@@ -128,10 +128,7 @@ impl Cores {
         let route = self.lookup(core).await?;
         let timeout = self.hub.config.ask_timeout;
         if route.owner == self.instance() {
-            let (ops, token) = self.local_core(core).ok_or_else(|| moved(core))?;
-            if token != route.token {
-                return Err(moved(core));
-            }
+            let ops = self.local_ops(core, &route)?;
             let (tx, rx) = oneshot::channel();
             let op = Op::Join {
                 member: client.to_owned(),
@@ -216,10 +213,7 @@ impl Cores {
         };
         let timeout = self.hub.config.ask_timeout;
         if route.owner == self.instance() {
-            let (ops, token) = self.local_core(core).ok_or_else(|| moved(core))?;
-            if token != route.token {
-                return Err(moved(core));
-            }
+            let ops = self.local_ops(core, &route)?;
             let (tx, rx) = oneshot::channel();
             let op = Op::Ask {
                 member: client.to_owned(),
@@ -287,10 +281,7 @@ impl Cores {
         route: &Route,
     ) -> Result<(), CommandError> {
         if route.owner == self.instance() {
-            let (ops, token) = self.local_core(core).ok_or_else(|| moved(core))?;
-            if token != route.token {
-                return Err(moved(core));
-            }
+            let ops = self.local_ops(core, route)?;
             send_op(
                 &ops,
                 Op::Tell {
