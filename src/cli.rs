@@ -10,6 +10,9 @@ use scaled_sockets_scaler::{MemoryScaler, Scaler};
 use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+/// Bound of `--write-delay-us`: a coalescing window, not a place to park frames.
+const MAX_WRITE_DELAY: Duration = Duration::from_millis(50);
+
 /// Flags of the standalone server (docs/protocol.md, "The standalone server").
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -77,6 +80,9 @@ pub struct Args {
     /// Frames queued per connection before it is closed as a slow consumer (4008) [default: 1024]
     #[arg(long, env = "SCALED_SOCKETS_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Write coalescing window in µs: a woken connection waits this long for more frames before writing them together, at most 50000 (fewer system calls, up to this much added latency) [default: 0]
+    #[arg(long, env = "SCALED_SOCKETS_WRITE_DELAY_US")]
+    pub write_delay_us: Option<u64>,
     /// Largest `data` in a publication, tell, ask or reply the server sends; larger: limit_exceeded (HTTP 413) [default: 65536]
     #[arg(long, env = "SCALED_SOCKETS_MAX_DATA_BYTES")]
     pub max_data_bytes: Option<usize>,
@@ -122,6 +128,7 @@ struct FileConfig {
     history_ttl_ms: Option<u64>,
     resume_window_ms: Option<u64>,
     outbound_queue: Option<usize>,
+    write_delay_us: Option<u64>,
     max_data_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     subscribe_rate: Option<u32>,
@@ -186,6 +193,7 @@ impl Args {
         take!(history_ttl_ms => config.history.history_ttl, Duration::from_millis);
         take!(resume_window_ms => config.resume_window, Duration::from_millis);
         take!(outbound_queue => config.outbound_queue, |v| v);
+        take!(write_delay_us => config.write_delay, Duration::from_micros);
         take!(max_data_bytes => config.max_data_bytes, |v| v);
         take!(max_in_flight => config.max_in_flight, |v| v);
         take!(subscribe_rate => config.subscribe_rate, |v| v);
@@ -206,6 +214,12 @@ impl Args {
         }
         if config.outbound_queue == 0 {
             return Err(Error::Config("outbound-queue must be > 0".into()));
+        }
+        if config.write_delay > MAX_WRITE_DELAY {
+            return Err(Error::Config(format!(
+                "write-delay-us must be at most {}",
+                MAX_WRITE_DELAY.as_micros()
+            )));
         }
         config.recovery_limit = config.history.history_size.max(1);
         let listen = self

@@ -25,6 +25,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a session stays resumable after its last connection closed.
     pub resume_window: Duration,
+    /// The write coalescing window: after a connection is woken for queued
+    /// frames, it waits this long for more before writing, so frames that
+    /// arrive close together share one socket write. Fewer system calls per
+    /// delivered frame at the price of up to this much extra latency per
+    /// frame. Zero (the default) writes as soon as the connection is woken.
+    pub write_delay: Duration,
     /// Frames queued for one connection before it counts as a slow consumer
     /// (closed with 4008), so one slow client never stalls the others.
     pub outbound_queue: usize,
@@ -90,6 +96,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_millis(10_000),
             drain_timeout: Duration::from_millis(10_000),
             resume_window: Duration::from_secs(120),
+            write_delay: Duration::ZERO,
             outbound_queue: 1024,
             read_buffer_bytes: 256,
             history: PublishOptions {

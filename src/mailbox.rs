@@ -99,6 +99,17 @@ pub(crate) enum ConnEvent {
     ServerUnsubscribe { channel: String },
 }
 
+/// Moves `from`'s items to the end of `into`: a swap of the two deques when
+/// `into` is empty (the usual case), so the queue keeps the taker's spare
+/// capacity and nothing is copied.
+fn take_into(from: &mut VecDeque<Outbound>, into: &mut VecDeque<Outbound>) {
+    if into.is_empty() {
+        std::mem::swap(from, into);
+    } else {
+        into.extend(from.drain(..));
+    }
+}
+
 /// The outbound queue's contents.
 #[derive(Debug, Default)]
 struct OutQueue {
@@ -128,6 +139,9 @@ pub(crate) struct Mailbox {
     /// connection than a `Notify` and its future.)
     killed: AtomicBool,
     waker: AtomicWaker,
+    /// Set by the first [`Mailbox::push_deferred`] since the last
+    /// [`Mailbox::wake`]: the pusher has this mailbox on its list to wake.
+    wake_due: AtomicBool,
     kill_reason: Mutex<Option<(u16, Cow<'static, str>, bool)>>,
 }
 
@@ -154,6 +168,7 @@ impl Mailbox {
             queue_limit,
             killed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            wake_due: AtomicBool::new(false),
             kill_reason: Mutex::new(None),
         }
     }
@@ -161,6 +176,33 @@ impl Mailbox {
     /// Queues without waiting. A full queue marks a slow consumer, which is
     /// closed with 4008. Returns false when the item was not queued.
     pub(crate) fn push(&self, item: Outbound) -> bool {
+        if !self.enqueue(item) {
+            return false;
+        }
+        self.waker.wake();
+        true
+    }
+
+    /// Queues like [`Mailbox::push`] but leaves the wake-up to the caller, so
+    /// a dispatcher can queue a whole batch of publications and wake each
+    /// connection once (one wake-up, one drain and one socket write for the
+    /// batch, rather than one per publication). Returns `(queued, listed)`:
+    /// `listed` is true for the first deferred push since the last
+    /// [`Mailbox::wake`], and then the caller must call `wake` after its batch.
+    pub(crate) fn push_deferred(&self, item: Outbound) -> (bool, bool) {
+        if !self.enqueue(item) {
+            return (false, false);
+        }
+        (true, !self.wake_due.swap(true, Ordering::AcqRel))
+    }
+
+    /// Wakes the connection task after deferred pushes.
+    pub(crate) fn wake(&self) {
+        self.wake_due.store(false, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn enqueue(&self, item: Outbound) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.closed {
             return false;
@@ -171,36 +213,40 @@ impl Mailbox {
             return false;
         }
         queue.items.push_back(item);
-        drop(queue);
-        self.waker.wake();
         true
     }
 
-    /// The next queued item, or `Pending` with the task registered for a wake.
-    pub(crate) fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Outbound> {
+    /// Takes everything queued at once into `into` (one lock, one swap when
+    /// `into` is empty), or returns `Pending` with the task registered for a
+    /// wake.
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        into: &mut VecDeque<Outbound>,
+    ) -> Poll<()> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        match queue.items.pop_front() {
-            Some(item) => Poll::Ready(item),
-            None => {
-                // Registered while holding the lock: a push after this point
-                // wakes the registered waker, so no wake-up is lost.
-                self.waker.register(cx.waker());
-                if queue.items.capacity() > 64 {
-                    // A burst is over: give its memory back.
-                    queue.items = VecDeque::new();
-                }
-                Poll::Pending
+        if queue.items.is_empty() {
+            // Registered while holding the lock: a push after this point
+            // wakes the registered waker, so no wake-up is lost.
+            self.waker.register(cx.waker());
+            if queue.items.capacity() > 64 {
+                // A burst is over: give its memory back.
+                queue.items = VecDeque::new();
             }
+            return Poll::Pending;
         }
+        take_into(&mut queue.items, into);
+        Poll::Ready(())
     }
 
-    /// The next queued item, if one is ready.
-    pub(crate) fn try_pop(&self) -> Option<Outbound> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .items
-            .pop_front()
+    /// Takes everything queued into `into`, if anything is; registers nothing.
+    pub(crate) fn try_take(&self, into: &mut VecDeque<Outbound>) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.items.is_empty() {
+            return false;
+        }
+        take_into(&mut queue.items, into);
+        true
     }
 
     /// Refuses further items and drops the queued ones.
@@ -302,5 +348,25 @@ mod tests {
             !mailbox.push(Outbound::Ping),
             "a closed queue takes nothing"
         );
+    }
+
+    #[test]
+    fn deferred_pushes_list_the_mailbox_once_per_wake_and_are_taken_at_once() {
+        let mailbox = Mailbox::new(1, "i.c".into(), None, "s".into(), 0, 0, 8);
+        assert_eq!(mailbox.push_deferred(Outbound::Ping), (true, true));
+        assert_eq!(
+            mailbox.push_deferred(Outbound::Ping),
+            (true, false),
+            "already listed for a wake"
+        );
+        mailbox.wake();
+        assert_eq!(mailbox.push_deferred(Outbound::Ping), (true, true));
+        let mut taken = VecDeque::new();
+        assert!(mailbox.try_take(&mut taken));
+        assert_eq!(taken.len(), 3);
+        assert!(!mailbox.try_take(&mut taken), "nothing left");
+        assert!(mailbox.push(Outbound::Ping));
+        assert!(mailbox.try_take(&mut taken));
+        assert_eq!(taken.len(), 4, "appended after what was already taken");
     }
 }

@@ -217,7 +217,7 @@ pub(super) async fn welcome(
     let mut conn = Conn {
         handle: handle.clone(),
         identity,
-        subs: HashMap::new(),
+        subs: HashMap::default(),
         pending: HashSet::new(),
         server_asks: HashMap::new(),
         next_server_ask: 1,

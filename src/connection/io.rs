@@ -14,7 +14,12 @@ use crate::{
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use std::{
-    borrow::Cow, collections::HashSet, pin::Pin, sync::atomic::Ordering, task::Poll, time::Duration,
+    borrow::Cow,
+    collections::{HashSet, VecDeque},
+    pin::Pin,
+    sync::atomic::Ordering,
+    task::Poll,
+    time::Duration,
 };
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio_tungstenite::{
@@ -25,8 +30,95 @@ use tokio_tungstenite::{
     },
 };
 
-/// The socket type after a hyper upgrade.
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// A connection's WebSocket.
+pub(crate) type Socket = WebSocketStream<Io>;
+
+/// The byte stream under a connection's WebSocket.
+///
+/// Why not always hyper's `Upgraded`: it is a boxed `dyn` stream behind a
+/// rewind buffer, two indirections on every read and write of every frame.
+/// When the server accepted the connection itself (a plain `TcpStream`) the
+/// socket is taken back out of the upgrade and used directly; an application
+/// that mounts the service on another transport gets the `Upgraded` stream.
+pub(crate) enum Io {
+    Tcp(tokio::net::TcpStream),
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Io {
+    /// The upgraded stream, and the bytes the HTTP server read past the
+    /// upgrade request (a client may send its first frame at once).
+    pub(super) fn from_upgrade(upgraded: hyper::upgrade::Upgraded) -> (Self, Vec<u8>) {
+        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
+            Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Vec::new()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Upgraded(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Upgraded(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Frames are gathered up to this many bytes before a write to the socket.
 const WRITE_BATCH_BYTES: usize = 8 * 1024;
@@ -93,7 +185,8 @@ async fn write_all(ws: &mut Socket, out: &mut Vec<Utf8Bytes>) -> Result<(), WsEr
 /// What woke the main loop.
 enum Wake {
     Killed,
-    Queued(Outbound),
+    /// Items were taken from the mailbox into the loop's batch.
+    Queued,
     Incoming(Option<Result<Message, WsError>>),
 }
 
@@ -111,18 +204,32 @@ enum Written {
 /// pointers in it where `select!` keeps every branch's future.
 pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
     let handle = conn.handle.clone();
+    let write_delay = conn.hub.config.write_delay;
     let mut out: Vec<Utf8Bytes> = Vec::new();
+    // What was taken from the mailbox in one step: the whole queue at once,
+    // so a burst costs one lock, one wake-up and one write, not one per item.
+    let mut batch: VecDeque<Outbound> = VecDeque::new();
     let exit = loop {
-        // Kill first, then queued items (our own replies and pushes), then input.
+        // Kill first, then queued items (our own replies and pushes), then
+        // input. Input is looked at only once the queue is empty: under a
+        // stream of publications the socket is polled once per batch, not once
+        // per publication.
         let wake = std::future::poll_fn(|cx| {
             if handle.poll_killed(cx) {
                 return Poll::Ready(Wake::Killed);
             }
-            if let Poll::Ready(item) = handle.poll_pop(cx) {
-                return Poll::Ready(Wake::Queued(item));
+            if handle.poll_take(cx, &mut batch).is_ready() {
+                return Poll::Ready(Wake::Queued);
             }
             if let Poll::Ready(msg) = Pin::new(&mut *ws).poll_next(cx) {
                 return Poll::Ready(Wake::Incoming(msg));
+            }
+            // Going idle: an idle socket keeps no batch buffers.
+            if batch.capacity() > 0 {
+                batch = VecDeque::new();
+            }
+            if out.capacity() > 0 {
+                out = Vec::new();
             }
             Poll::Pending
         })
@@ -132,14 +239,16 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
                 let (code, reason, reconnect) = handle.take_kill_reason();
                 break Exit::Close(code, reason, reconnect);
             }
-            Wake::Queued(item) => {
-                conn.on_outbound(item, &mut out);
-                // Drain what else is ready, then write it with one flush.
-                for _ in 0..64 {
-                    match handle.try_pop() {
-                        Some(item) => conn.on_outbound(item, &mut out),
-                        None => break,
-                    }
+            Wake::Queued => {
+                if !write_delay.is_zero() {
+                    // The coalescing window (`Config::write_delay`): whatever
+                    // else arrives within it goes out in the same write.
+                    // Boxed so that idle connections do not carry a timer.
+                    Box::pin(tokio::time::sleep(write_delay)).await;
+                    handle.try_take(&mut batch);
+                }
+                while let Some(item) = batch.pop_front() {
+                    conn.on_outbound(item, &mut out);
                 }
             }
             Wake::Incoming(incoming) => {
@@ -221,8 +330,6 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
                     break Exit::Close(code, reason, reconnect);
                 }
             }
-            // Idle sockets keep no batch buffer.
-            out = Vec::new();
         }
     };
     conn.cleanup();

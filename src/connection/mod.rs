@@ -33,7 +33,6 @@ use crate::{
     shutdown::DrainGuard,
     sockets::Sockets,
 };
-use hyper_util::rt::TokioIo;
 use io::Socket;
 use scaled_sockets_scaler::Topic;
 use std::{
@@ -63,7 +62,10 @@ struct Conn {
     app: Arc<App>,
     handle: Arc<Mailbox>,
     identity: Identity,
-    subs: HashMap<Arc<str>, ChannelSub>,
+    /// Looked up for every delivered publication, so hashed with foldhash
+    /// rather than SipHash (the keys are this client's own channels, at most
+    /// `max_subscriptions` of them: nothing to flood).
+    subs: HashMap<Arc<str>, ChannelSub, foldhash::fast::RandomState>,
     pending: HashSet<u64>,
     server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
     next_server_ask: u64,
@@ -128,8 +130,9 @@ async fn set_up(
     };
     let Endpoint { hub, cores, app } = endpoint;
     let config = websocket_config(&hub.config);
+    let (io, read_ahead) = io::Io::from_upgrade(upgraded);
     let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;
     let (identity, connect) = handshake::handshake(&hub, &app, &mut ws).await?;
     let conn = handshake::welcome(hub, app, cores, &mut ws, identity, connect).await?;
     Some((conn, ws))

@@ -21,7 +21,10 @@ use std::{
     collections::HashMap,
     sync::{Arc, atomic::Ordering},
 };
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
+
+/// A topic waiting for its feed subscribe, and where its result goes.
+pub(super) type PendingSubscribe = (Topic, oneshot::Sender<Result<(), ScalerError>>);
 
 /// Local members of one topic, and whether the feed is subscribed to it.
 pub(crate) struct TopicEntry {
@@ -56,10 +59,35 @@ impl Hub {
         };
         let result = cell
             .get_or_try_init(|| async {
-                let _ops = self.feed_ops.lock().await;
-                self.feed.subscribe(std::slice::from_ref(topic)).await?;
-                self.metrics.backend_topics.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), ScalerError>(())
+                // Queued first, then the ops lock: whoever holds the lock next
+                // subscribes everything queued by then in one backend call, so
+                // a burst of connects (each joining its user's topic) costs a
+                // few round trips rather than one each, one after the other.
+                let (tx, rx) = oneshot::channel();
+                lock(&self.pending_subscribes).push((topic.clone(), tx));
+                {
+                    let _ops = self.feed_ops.lock().await;
+                    let batch = std::mem::take(&mut *lock(&self.pending_subscribes));
+                    if !batch.is_empty() {
+                        let topics: Vec<Topic> = batch.iter().map(|(t, _)| t.clone()).collect();
+                        let result = self.feed.subscribe(&topics).await;
+                        if result.is_ok() {
+                            self.metrics
+                                .backend_topics
+                                .fetch_add(topics.len() as u64, Ordering::Relaxed);
+                        }
+                        for (_, tx) in batch {
+                            let _ = tx.send(result.clone());
+                        }
+                    }
+                }
+                // Our topic was in this batch or in an earlier holder's. The
+                // sender is gone only if that holder was cancelled mid-call.
+                rx.await.unwrap_or_else(|_| {
+                    Err(ScalerError::unavailable(
+                        "the feed subscribe was interrupted",
+                    ))
+                })
             })
             .await;
         if let Err(e) = result {
@@ -134,6 +162,36 @@ impl Hub {
                 Metrics::inc(&self.metrics.frames_queued_total);
             }
         }
+    }
+
+    /// Like [`Hub::fan_out_at`], but wakes nobody: every member queued to for
+    /// the first time since its last wake is added to `wakes`, for the caller
+    /// to wake once its whole batch is queued.
+    pub(crate) fn fan_out_deferred(
+        &self,
+        topic: &Topic,
+        top: Option<StreamPosition>,
+        make: impl Fn() -> Outbound,
+        wakes: &mut Vec<Arc<Mailbox>>,
+    ) {
+        let mut topics = lock(&self.topics);
+        let Some(entry) = topics.get_mut(topic) else {
+            return;
+        };
+        if top.is_some() {
+            entry.sent_top = top;
+        }
+        let mut queued = 0;
+        for conn in entry.members.values() {
+            let (ok, listed) = conn.push_deferred(make());
+            queued += u64::from(ok);
+            if listed {
+                wakes.push(conn.clone());
+            }
+        }
+        self.metrics
+            .frames_queued_total
+            .fetch_add(queued, Ordering::Relaxed);
     }
 
     /// The last position every local member of `channel` was sent.

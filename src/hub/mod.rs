@@ -69,6 +69,9 @@ pub(crate) struct Hub {
     /// Serialises feed subscribe/unsubscribe calls so an unsubscribe of a topic
     /// that emptied can never overtake a newer subscribe of the same topic.
     feed_ops: tokio::sync::Mutex<()>,
+    /// Topics waiting for their feed subscribe, with whom to tell the result:
+    /// the next holder of `feed_ops` subscribes them all in one call.
+    pending_subscribes: Mutex<Vec<interest::PendingSubscribe>>,
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     remote_asks: RemoteAsks,
@@ -149,6 +152,7 @@ impl Hub {
             metrics: Metrics::default(),
             feed: feed.control,
             feed_ops: tokio::sync::Mutex::new(()),
+            pending_subscribes: Mutex::new(Vec::new()),
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
