@@ -413,4 +413,22 @@ mod tests {
         };
         assert!(args.resolve().is_err());
     }
+
+    #[test]
+    fn the_write_delay_is_bounded() {
+        let with = |us| Args {
+            allow_anonymous: true,
+            write_delay_us: Some(us),
+            ..Args::default()
+        };
+        let s = with(500).resolve().unwrap();
+        assert_eq!(s.config.write_delay, Duration::from_micros(500));
+        let err = with(50_001).resolve().unwrap_err();
+        assert!(err.to_string().contains("write-delay-us"), "{err}");
+        let default = Args {
+            allow_anonymous: true,
+            ..Args::default()
+        };
+        assert!(default.resolve().unwrap().config.write_delay.is_zero());
+    }
 }
