@@ -10,7 +10,7 @@ use crate::{
     data::Data,
     error::{CommandError, ErrorCode},
     hub::Hub,
-    mailbox::{ConnEvent, Outbound},
+    mailbox::{ConnEvent, Mailbox, Outbound},
     metrics::Metrics,
     protocol::{self, ClientFrame, SubscriptionRequest, close},
 };
@@ -19,9 +19,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::{
     borrow::Cow,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The answer of a command handled on the spot: frames to send, and whether
@@ -231,34 +231,29 @@ impl Conn {
             let e = CommandError::new(ErrorCode::RateLimited, "publish rate limit exceeded");
             return self.fail(id, e, out);
         }
-        let hub = self.hub.clone();
-        let channel = channel.into_owned();
-        let data = data.get().to_owned();
         // Publishes of one connection reach the backend in the order they were
-        // sent: each waits for the previous one. (Tasks on a multi-threaded
-        // runtime start in no particular order.) The chain is bounded by
-        // `max_in_flight`, and each publish's time counts from its frame's
-        // arrival: with a hanging backend the whole chain is answered within
-        // the bound, and nothing queued behind a failure is applied later.
-        let deadline = tokio::time::Instant::now() + self.hub.config.scaler_timeout;
-        let previous = self.last_publish.take();
-        let (done, next) = oneshot::channel::<bool>();
-        self.last_publish = Some(next);
-        self.spawn_command(id, async move {
-            let result = publish_in_order(&hub, previous, deadline, &channel, &data).await;
-            // A backend failure fails the publishes queued behind it: applying
-            // them later, after their predecessor was lost, would break the
-            // connection's order.
-            let backend_ok = !matches!(&result, Err(e) if is_backend_failure(e));
-            let _ = done.send(backend_ok);
-            match result {
-                Ok(pos) => protocol::reply(id)
-                    .u64("offset", pos.offset)
-                    .str("epoch", &pos.epoch)
-                    .finish(),
-                Err(e) => protocol::error(Some(id), e.code, &e.message),
-            }
-        });
+        // sent: they are queued, and one task at a time sends everything
+        // queued as one ordered batch (`Scaler::publish_ordered`: one round
+        // trip for the Redis scaler), then the next batch. Each publish's
+        // time counts from its frame's arrival; the queue is bounded by
+        // `max_in_flight`. A backend failure fails the publishes queued
+        // behind it: applying them later, after their predecessor was lost,
+        // would break the connection's order.
+        let item = QueuedPublish {
+            id,
+            channel: channel.into_owned(),
+            data: data.get().to_owned(),
+            deadline: tokio::time::Instant::now() + self.hub.config.scaler_timeout,
+        };
+        let queue = self.publishes.get_or_insert_with(Default::default).clone();
+        let start = {
+            let mut state = queue.lock().unwrap_or_else(|p| p.into_inner());
+            state.items.push(item);
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            tokio::spawn(send_publishes(self.hub.clone(), self.handle.clone(), queue));
+        }
     }
 
     fn on_ask(
@@ -446,36 +441,87 @@ fn presence_reply(id: u64, entries: &[PresenceEntry], config: &Config) -> String
 
 /// One publish of a connection's chain: waits for the previous one (failing
 /// at once if it failed on the backend), then publishes, all by `deadline`.
-async fn publish_in_order(
-    hub: &Hub,
-    previous: Option<oneshot::Receiver<bool>>,
+/// A publish waiting for its turn.
+pub(super) struct QueuedPublish {
+    id: u64,
+    channel: String,
+    data: String,
     deadline: tokio::time::Instant,
-    channel: &str,
-    data: &str,
-) -> Result<StreamPosition, CommandError> {
-    if let Some(previous) = previous {
-        match tokio::time::timeout_at(deadline, previous).await {
-            Ok(Ok(true)) | Ok(Err(_)) => {}
-            Ok(Ok(false)) => {
-                return Err(CommandError::new(
-                    ErrorCode::Unavailable,
-                    "an earlier publish of this connection failed on the backend; this one was not sent",
-                ));
+}
+
+/// A connection's publishes waiting for the backend.
+#[derive(Default)]
+pub(super) struct PublishState {
+    items: Vec<QueuedPublish>,
+    /// A task is sending (it takes new items as they come).
+    running: bool,
+    /// A publish failed on the backend: everything queued behind it fails.
+    failed: bool,
+}
+
+pub(super) type PublishQueue = Arc<Mutex<PublishState>>;
+
+/// Sends a connection's queued publishes, batch after batch, until the queue
+/// is empty.
+async fn send_publishes(hub: Arc<Hub>, handle: Arc<Mailbox>, queue: PublishQueue) {
+    loop {
+        let (batch, failed) = {
+            let mut state = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if state.items.is_empty() {
+                state.running = false;
+                state.failed = false;
+                return;
             }
-            Err(_) => {
-                return Err(CommandError::new(
-                    ErrorCode::Unavailable,
-                    "earlier publishes of this connection are still waiting on the backend; this one was not sent",
-                ));
+            (std::mem::take(&mut state.items), state.failed)
+        };
+        let deadline = batch.iter().map(|p| p.deadline).min();
+        let results: Vec<Result<StreamPosition, CommandError>> = if failed
+            || deadline.is_some_and(|d| d <= tokio::time::Instant::now())
+        {
+            let e = CommandError::new(
+                ErrorCode::Unavailable,
+                "an earlier publish of this connection failed on the backend; this one was not sent",
+            );
+            batch.iter().map(|_| Err(e.clone())).collect()
+        } else {
+            let items: Vec<(&str, &str)> = batch
+                .iter()
+                .map(|p| (p.channel.as_str(), p.data.as_str()))
+                .collect();
+            let send = hub.publish_ordered(&items);
+            match tokio::time::timeout_at(deadline.unwrap_or_else(tokio::time::Instant::now), send)
+                .await
+            {
+                Ok(results) => results,
+                Err(_) => {
+                    let e = CommandError::new(
+                        ErrorCode::Timeout,
+                        "the backend did not confirm in time; the publication may or may not have been made",
+                    );
+                    batch.iter().map(|_| Err(e.clone())).collect()
+                }
             }
+        };
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(e) if is_backend_failure(e)))
+        {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).failed = true;
         }
-    }
-    match tokio::time::timeout_at(deadline, hub.publish(channel, data)).await {
-        Ok(result) => result,
-        Err(_) => Err(CommandError::new(
-            ErrorCode::Timeout,
-            "the backend did not confirm in time; the publication may or may not have been made",
-        )),
+        for (p, result) in batch.iter().zip(results) {
+            let frame = match result {
+                Ok(pos) => protocol::reply(p.id)
+                    .u64("offset", pos.offset)
+                    .str("epoch", &pos.epoch)
+                    .finish(),
+                Err(e) => protocol::error(Some(p.id), e.code, &e.message),
+            };
+            let frame = Utf8Bytes::from(frame);
+            handle.push(Outbound::Event(Box::new(ConnEvent::Done {
+                id: p.id,
+                frame,
+            })));
+        }
     }
 }
 

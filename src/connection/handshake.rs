@@ -225,7 +225,7 @@ pub(super) async fn welcome(
         bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
         command_bucket: TokenBucket::new(subscribe_rate, subscribe_rate.saturating_mul(2)),
         bad: VecDeque::new(),
-        last_publish: None,
+        publishes: None,
         presence_chain: None,
         session_chain: None,
         waiting_subscribes: Vec::new(),

@@ -288,11 +288,11 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
             }
         }
         if conn.pending.is_empty() {
-            // Idle sockets keep no id table and no publish chain.
+            // Idle sockets keep no id table and no publish queue.
             if conn.pending.capacity() > 0 {
                 conn.pending = HashSet::new();
             }
-            conn.last_publish = None;
+            conn.publishes = None;
         }
         // Finished writes need no successor to wait for them: an idle
         // connection keeps no completion signal.

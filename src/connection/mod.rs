@@ -73,9 +73,9 @@ struct Conn {
     bucket: TokenBucket,
     /// Rate limit of subscribe, unsubscribe and presence.
     command_bucket: TokenBucket,
-    /// Completion of this connection's latest publish: the next one waits for
-    /// it, which keeps each connection's publications in its send order.
-    last_publish: Option<oneshot::Receiver<bool>>,
+    /// This connection's publishes waiting for the backend, sent in order in
+    /// batches (`commands::send_publishes`); `None` while nothing is pending.
+    publishes: Option<commands::PublishQueue>,
     /// Completion of this connection's latest presence write (see
     /// `Conn::presence_turn`); `None` once it is done.
     presence_chain: Option<oneshot::Receiver<()>>,

@@ -340,6 +340,55 @@ impl Hub {
             .scaler
             .publish(channel, payload, &self.config.history)
             .await;
+        self.published(result)
+    }
+
+    /// Publishes a connection's queued publishes in their order, as few
+    /// backend round trips as the scaler allows (`Scaler::publish_ordered`).
+    /// One answer per item, in order. Items refused here (name, size) are not
+    /// sent and do not stop the others.
+    pub(crate) async fn publish_ordered(
+        &self,
+        items: &[(&str, &str)],
+    ) -> Vec<Result<StreamPosition, CommandError>> {
+        let mut answers: Vec<Option<Result<StreamPosition, CommandError>>> = Vec::new();
+        let mut batch = Vec::with_capacity(items.len());
+        for (channel, data) in items {
+            let checked = protocol::validate_name(channel, "channel")
+                .map_err(CommandError::bad_request)
+                .and_then(|()| self.check_data_size(data));
+            match checked {
+                Ok(()) => {
+                    batch.push((
+                        (*channel).to_owned(),
+                        Bytes::copy_from_slice(data.as_bytes()),
+                    ));
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut results = self
+            .scaler
+            .publish_ordered(&batch, &self.config.history)
+            .await
+            .into_iter();
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    self.published(results.next().unwrap_or_else(|| {
+                        Err(ScalerError::backend("the scaler answered fewer publishes"))
+                    }))
+                })
+            })
+            .collect()
+    }
+
+    fn published(
+        &self,
+        result: Result<StreamPosition, ScalerError>,
+    ) -> Result<StreamPosition, CommandError> {
         match result {
             Ok(pos) => {
                 Metrics::inc(&self.metrics.publications_total);

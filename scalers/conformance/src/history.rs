@@ -177,3 +177,60 @@ pub async fn history_epoch_uses_request_ttl(backend: &dyn TestBackend) {
     let kept = s.history(&channel, &long).await.expect("history").top;
     assert_eq!(kept.epoch, second.epoch);
 }
+
+/// `publish_ordered` applies a batch in its order, across channels: offsets
+/// follow the batch, history holds the payloads in that order, and an item the
+/// backend refuses for its own arguments does not stop the others.
+pub async fn ordered_publishes_keep_their_order(backend: &dyn TestBackend) {
+    let s = backend.connect().await;
+    let (a, b) = (unique("ord-a"), unique("ord-b"));
+    let items: Vec<(String, Bytes)> = (1..=20)
+        .map(|i| {
+            let channel = if i % 3 == 0 { &b } else { &a };
+            (channel.clone(), Bytes::from(format!("{i}")))
+        })
+        .collect();
+    let results = s.publish_ordered(&items, &opts()).await;
+    assert_eq!(results.len(), items.len(), "one result per item");
+    let (mut next_a, mut next_b) = (1, 1);
+    for ((channel, _), result) in items.iter().zip(&results) {
+        let pos = result.as_ref().expect("ordered publish");
+        let next = if channel == &a {
+            &mut next_a
+        } else {
+            &mut next_b
+        };
+        assert_eq!(pos.offset, *next, "offsets follow the batch's order");
+        *next += 1;
+    }
+    if s.capabilities().history {
+        let top = s.stream_top(&a).await.expect("top");
+        let page = s
+            .recover(&a, StreamPosition::new(0, top.epoch.clone()), 100)
+            .await
+            .expect("recover");
+        let payloads: Vec<String> = page
+            .publications
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        let sent: Vec<String> = (1..=20)
+            .filter(|i| i % 3 != 0)
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(payloads, sent, "history holds the batch in order");
+    }
+    let mixed = vec![
+        (a.clone(), Bytes::from_static(b"x")),
+        (String::new(), Bytes::from_static(b"bad channel")),
+        (a.clone(), Bytes::from_static(b"y")),
+    ];
+    let results = s.publish_ordered(&mixed, &opts()).await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_err(), "an empty channel name is refused");
+    assert!(
+        results[2].is_ok(),
+        "a refused argument does not stop the items after it: {:?}",
+        results[2]
+    );
+}

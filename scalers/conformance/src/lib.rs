@@ -141,6 +141,7 @@ pub async fn run_all(backend: &dyn TestBackend) {
     trimmed_history_is_not_recovered(backend).await;
     epoch_changes_when_history_expires(backend).await;
     history_epoch_uses_request_ttl(backend).await;
+    ordered_publishes_keep_their_order(backend).await;
     instance_registry_expires(backend).await;
     lease_exclusive_under_contention(backend).await;
     fencing_tokens_only_grow(backend).await;
@@ -176,6 +177,7 @@ macro_rules! conformance_tests {
             trimmed_history_is_not_recovered,
             epoch_changes_when_history_expires,
             history_epoch_uses_request_ttl,
+            ordered_publishes_keep_their_order,
             instance_registry_expires,
             lease_exclusive_under_contention,
             fencing_tokens_only_grow,

@@ -52,6 +52,33 @@ pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
         options: &PublishOptions,
     ) -> Result<StreamPosition>;
 
+    /// Publishes `items` (channel, payload) in this order, each as
+    /// [`Scaler::publish`] would. One result per item, in order. Once an item
+    /// fails for another reason than its own arguments, the items after it are
+    /// not attempted and fail `Unavailable`: a caller's publications are never
+    /// applied after one of them was lost. The default publishes one after the
+    /// other; a backend may send them all in one round trip.
+    async fn publish_ordered(
+        &self,
+        items: &[(String, Bytes)],
+        options: &PublishOptions,
+    ) -> Vec<Result<StreamPosition>> {
+        let mut results: Vec<Result<StreamPosition>> = Vec::with_capacity(items.len());
+        for (channel, payload) in items {
+            let broken = results.iter().any(
+                |r| matches!(r, Err(e) if !matches!(e, crate::ScalerError::InvalidArgument(_))),
+            );
+            results.push(if broken {
+                Err(crate::ScalerError::unavailable(
+                    "an earlier publish of the batch failed; this one was not sent",
+                ))
+            } else {
+                self.publish(channel, payload.clone(), options).await
+            });
+        }
+        results
+    }
+
     /// Sends an opaque message to every feed subscribed to a non-channel `topic`
     /// (user, session or instance). Nothing is stored; nobody listening is not an
     /// error.

@@ -96,6 +96,19 @@ impl Scaler for TimeoutScaler {
     ) -> Result<StreamPosition> {
         bounded(self.limit, self.inner.publish(channel, payload, options)).await
     }
+    async fn publish_ordered(
+        &self,
+        items: &[(String, Bytes)],
+        options: &PublishOptions,
+    ) -> Vec<Result<StreamPosition>> {
+        match tokio::time::timeout(self.limit, self.inner.publish_ordered(items, options)).await {
+            Ok(results) => results,
+            Err(_) => items
+                .iter()
+                .map(|_| Err(ScalerError::Timeout(self.limit)))
+                .collect(),
+        }
+    }
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         bounded(self.limit, self.inner.send(topic, payload)).await
     }

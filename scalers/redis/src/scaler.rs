@@ -201,6 +201,80 @@ impl Scaler for RedisScaler {
         Ok(StreamPosition::new(offset, epoch))
     }
 
+    /// One pipeline of the publish script on one connection: one write, one
+    /// round trip, applied in order. If the connection fails part way, what
+    /// Redis applied is a prefix of the batch, and nothing is sent again.
+    async fn publish_ordered(
+        &self,
+        items: &[(String, Bytes)],
+        options: &PublishOptions,
+    ) -> Vec<Result<StreamPosition>> {
+        if items.len() < 2 || items.iter().any(|(c, _)| check_channel(c).is_err()) {
+            // Nothing to gain, or per-item errors to report: one at a time.
+            let mut results = Vec::with_capacity(items.len());
+            let mut broken = false;
+            for (channel, payload) in items {
+                let result = if broken {
+                    Err(ScalerError::unavailable(
+                        "an earlier publish of the batch failed; this one was not sent",
+                    ))
+                } else {
+                    self.publish(channel, payload.clone(), options).await
+                };
+                broken |=
+                    matches!(&result, Err(e) if !matches!(e, ScalerError::InvalidArgument(_)));
+                results.push(result);
+            }
+            return results;
+        }
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        for (channel, payload) in items {
+            pipe.cmd("EVALSHA")
+                .arg(scripts::PUBLISH.get_hash())
+                .arg(2)
+                .arg(keys.channel_meta(channel))
+                .arg(keys.channel_stream(channel))
+                .arg(payload.as_ref())
+                .arg(options.history_size.min(i64::MAX as usize))
+                .arg(ms(options.history_ttl))
+                .arg(new_epoch())
+                .arg(keys.topic_channel(&Topic::channel(channel.as_str())));
+        }
+        let pipe = &pipe;
+        let replies = self
+            .pool()
+            .run(|mut conn| async move {
+                match pipe.query_async::<Vec<(String, String)>>(&mut conn).await {
+                    // Every command of the pipeline failed the same way (the
+                    // script is unknown, so none ran): load it and run them.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        scripts::PUBLISH.load_async(&mut conn).await?;
+                        pipe.query_async::<Vec<(String, String)>>(&mut conn).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        match replies {
+            Ok(replies) if replies.len() == items.len() => replies
+                .into_iter()
+                .map(|(offset, epoch)| {
+                    let offset = offset.parse().map_err(|_| backend("publish offset"))?;
+                    Ok(StreamPosition::new(offset, epoch))
+                })
+                .collect(),
+            Ok(_) => items
+                .iter()
+                .map(|_| Err(backend("publish pipeline answer count")))
+                .collect(),
+            Err(e) => items.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         check_send_topic(topic)?;
         let mut cmd = redis::cmd("PUBLISH");
