@@ -19,7 +19,9 @@ use std::time::Duration;
 ///
 /// The trait is object-safe and small on purpose: variants of one operation are
 /// options and modes ([`PutOptions`], [`HistoryRequest`]), not extra methods, and
-/// conveniences live in [`ScalerExt`].
+/// conveniences live in [`ScalerExt`]. The one batch method,
+/// [`Scaler::publish_ordered`], exists for speed (one round trip for many
+/// ordered publishes) and has a default built on [`Scaler::publish`].
 ///
 /// The contract of each method is pinned down by the conformance suite in
 /// `scaled-sockets-conformance`; a new backend runs it with one line.
