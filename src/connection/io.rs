@@ -240,22 +240,13 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
                 break Exit::Close(code, reason, reconnect);
             }
             Wake::Queued => {
-                if write_delay.is_zero() {
-                    // Let the rest of the runtime run once before writing
-                    // (tokio resumes a yielded task after it has polled the
-                    // I/O driver): a publish waiting on its backend reply is
-                    // otherwise queued behind the whole fan-out of the
-                    // previous publication, so publications would arrive, and
-                    // be written, one at a time. What arrived meanwhile goes
-                    // out in the same write.
-                    tokio::task::yield_now().await;
-                } else {
+                if !write_delay.is_zero() {
                     // The coalescing window (`Config::write_delay`): whatever
                     // else arrives within it goes out in the same write.
                     // Boxed so that idle connections do not carry a timer.
                     Box::pin(tokio::time::sleep(write_delay)).await;
+                    handle.try_take(&mut batch);
                 }
-                handle.try_take(&mut batch);
                 while let Some(item) = batch.pop_front() {
                     conn.on_outbound(item, &mut out);
                 }
