@@ -86,4 +86,4 @@ pub use pattern::Permission;
 pub use scaled_sockets_scaler::{self as scaler, MemoryScaler, Scaler, StreamPosition};
 pub use server::Server;
 pub use session_data::SessionData;
-pub use sockets::Sockets;
+pub use sockets::{ConnectionInfo, ConnectionList, Sockets};

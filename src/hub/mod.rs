@@ -13,6 +13,8 @@
 //! - [`recovery`]: history reads shared by the connections of the instance.
 //! - [`peers`]: messages between instances (routed tells, asks and their
 //!   replies, server-side subscribe, disconnect).
+//! - [`directory`]: the connections of a user or session on every instance
+//!   (lookups answered by each instance), and asking or disconnecting them.
 //! - [`registry`]: this instance's heartbeat in the scaler's registry and a
 //!   cached view of the live instances.
 //! - [`liveness`]: one timer for all connections: pings, idle and expiry closes.
@@ -23,6 +25,7 @@
 //! dropped without draining closes its connections and leaves the registry
 //! rather than staying there as a ghost instance).
 
+mod directory;
 mod dispatch;
 mod gaps;
 mod interest;
@@ -54,6 +57,8 @@ use std::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use directory::Whose;
+pub use directory::{ConnectionInfo, ConnectionList, MAX_LISTED_PER_INSTANCE};
 use gaps::GapChecks;
 pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
@@ -72,6 +77,8 @@ pub(crate) struct Hub {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     remote_asks: RemoteAsks,
+    /// Connection lookups sent to other instances, awaiting their answers.
+    lookups: directory::Lookups,
     gap_checks: GapChecks,
     history_reads: HistoryReads,
     next_id: AtomicU64,
@@ -152,6 +159,7 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
+            lookups: directory::Lookups::default(),
             gap_checks: GapChecks::default(),
             history_reads: HistoryReads::default(),
             next_id: AtomicU64::new(1),

@@ -1,6 +1,6 @@
 //! Messages between instances: tells and asks routed to a connection on
 //! another instance, ask replies, server-side subscribe and unsubscribe,
-//! disconnects, and session-wide tells.
+//! disconnects, session-wide tells, and connection lookups (`super::directory`).
 //!
 //! Each instance listens on its own inbox topic in the scaler feed. A
 //! connection id names its instance (`<instance>.<unique>`), so a message for a
@@ -66,6 +66,19 @@ pub(crate) enum PeerMessage {
         code: u16,
         reason: String,
         reconnect: bool,
+    },
+    /// Which connections of a user or session are here? (`super::directory`)
+    Lookup {
+        whose: super::Whose,
+        request: u64,
+        reply_to: String,
+    },
+    LookupReply {
+        request: u64,
+        instance: String,
+        connections: Vec<super::ConnectionInfo>,
+        #[serde(default)]
+        truncated: bool,
     },
     /// A message of the cores layer (`crate::cores`), opaque to the hub: it
     /// is handed to the registered [`CoreSink`] in arrival order.
@@ -229,6 +242,12 @@ impl Hub {
                     conn.kill_owned(code, reason, reconnect);
                 }
             }
+            PeerMessage::Lookup {
+                whose,
+                request,
+                reply_to,
+            } => self.answer_lookup(whose, request, reply_to).await,
+            reply @ PeerMessage::LookupReply { .. } => self.complete_lookup(reply),
             PeerMessage::Core { body } => self.deliver_core(body),
         }
     }
