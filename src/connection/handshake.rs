@@ -4,7 +4,7 @@
 use super::{
     Conn,
     io::{Socket, send_close, send_frame},
-    session::{self, SessionRecord},
+    session,
 };
 use crate::{
     app::App,
@@ -148,14 +148,19 @@ pub(super) async fn welcome(
     connect: ConnectRequest,
 ) -> Option<Conn> {
     let mut restored = Vec::new();
+    let mut taken = Vec::new();
+    let mut resumed = false;
     let mut session_id = None;
     if let Some(requested) = connect.session.as_deref() {
-        if let Some(subscriptions) = session::restore(&hub, requested, &identity.user).await {
-            restored = subscriptions;
+        // A live session is joined even when nothing comes back (another
+        // tab holds its subscriptions): `resumed` says whether something did.
+        if let Some(found) = session::restore(&hub, requested, &identity.user).await {
+            restored = found.subscriptions;
+            taken = found.taken;
+            resumed = found.resumed;
             session_id = Some(requested.to_owned());
         }
     }
-    let resumed = session_id.is_some();
     let session: Arc<str> = session_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
@@ -253,19 +258,10 @@ pub(super) async fn welcome(
             wanted.push(request);
         }
     }
-    if !resumed {
-        // A new session is live (resumable by another tab or after a crash)
-        // from now on, not only after this connection closes. A resumed one
-        // already has its record: writing it again here would overwrite the
-        // positions it holds. Later saves follow delivered positions.
-        conn.write_session(
-            SessionRecord {
-                user: conn.identity.user.clone(),
-                subscriptions: wanted.clone(),
-            },
-            None,
-        );
-    }
+    // The session is live (resumable by another tab or after a crash) from
+    // now on, not only after this connection closes; later saves follow the
+    // delivered positions.
+    conn.start_session_records(wanted.clone(), taken);
     let mut out = Vec::new();
     for request in wanted {
         conn.server_subscribe(request, &mut out);
