@@ -181,8 +181,8 @@ impl Sockets {
     }
 
     /// Asks every connection of `user`, wherever they are, and returns the
-    /// first answer. Finding them and waiting for an answer take at most
-    /// `timeout` together. When none answers: the error a client answered
+    /// first answer. Finding them (at most half of it) and waiting for an
+    /// answer take at most `timeout` together. When none answers: the error a client answered
     /// with, else `timeout`, else `not_found` (the user has no connection).
     pub async fn ask_user(
         &self,

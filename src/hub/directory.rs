@@ -247,7 +247,8 @@ impl Hub {
     }
 
     /// Asks every connection of `whose` at once; the first answer wins.
-    /// Listing and asking together take at most `timeout`. When none
+    /// Listing (at most half of it) and asking together take at most
+    /// `timeout`. When none
     /// answered: the error a client answered with, else `timeout` (a client
     /// or an instance was silent), else `not_found` (no connection).
     pub(crate) async fn ask_any(
@@ -258,7 +259,9 @@ impl Hub {
         timeout: Duration,
     ) -> Result<Data, CommandError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let list = self.list_connections(whose, None, timeout).await?;
+        // Half the budget at most for finding them: a silent instance must
+        // leave time to ask the connections the others reported.
+        let list = self.list_connections(whose, None, timeout / 2).await?;
         if list.connections.is_empty() {
             return Err(if list.partial {
                 CommandError::new(
