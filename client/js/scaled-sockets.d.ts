@@ -131,7 +131,14 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor | (new (url: string) => any);
   /** Backoff bounds, or false to never reconnect. */
   reconnect?: ReconnectOptions | false;
-  /** Persist the session id in `sessionStorage` so a page reload resumes it (default false). */
+  /**
+   * Where the session id is kept between pages (default "local"): "local" is
+   * `localStorage`, shared by every tab of the origin, so all tabs join one
+   * session; "tab" is `sessionStorage`, one session per tab that a reload
+   * resumes; false keeps it in memory only.
+   */
+  persistSession?: "local" | "tab" | false;
+  /** `true` means `persistSession: "tab"` (kept for older code; `persistSession` wins). */
   sessionStorage?: boolean;
   /** A session id to resume. */
   session?: string;

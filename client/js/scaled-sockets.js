@@ -169,12 +169,22 @@ function checkName(what, name) {
   }
 }
 
-function storage() {
+/** Where the session id is kept: "local" (shared by the tabs of an origin), "tab", or none. */
+function storage(where) {
   try {
-    return globalThis.sessionStorage || null;
+    if (where === "local") return globalThis.localStorage || null;
+    if (where === "tab") return globalThis.sessionStorage || null;
+    return null;
   } catch {
-    return null; // access denied (e.g. sandboxed frame)
+    return null; // access denied (e.g. sandboxed frame, storage disabled)
   }
+}
+
+function persistMode(options) {
+  const p = options.persistSession;
+  if (p === undefined) return options.sessionStorage === true ? "tab" : "local";
+  if (p === false || p === "local" || p === "tab") return p;
+  throw fail("bad_request", `persistSession must be "local", "tab" or false, not ${JSON.stringify(p)}`);
 }
 
 // ---------------------------------------------------------------- subscriptions
@@ -253,7 +263,7 @@ export class Client {
       timeoutMs: options.timeoutMs ?? 10000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10000,
       queueLimit: options.queueLimit ?? 256,
-      sessionStorage: options.sessionStorage === true,
+      persistSession: persistMode(options),
     };
     const names = options.transports ?? ["websocket"];
     for (const n of names) {
@@ -276,9 +286,10 @@ export class Client {
     this._welcome = null;
     this._session = options.session ?? null;
     this._storageKey = "scaled-sockets:session:" + urls.join(",");
-    if (this._opts.sessionStorage && !this._session) {
-      this._session = storage()?.getItem(this._storageKey) ?? null;
-    }
+    // An explicit `session` wins over the stored one, for this client's
+    // first connect.
+    this._sessionGiven = this._session !== null;
+    if (!this._sessionGiven) this._session = this._readStoredSession();
     this._channels = new Map();
     // Cores joined (core id -> the data of the join), joined again on every
     // new connection: a membership belongs to a connection, not a session.
@@ -667,6 +678,14 @@ export class Client {
   _connectFrame(token) {
     const frame = { type: "connect" };
     if (token !== undefined && token !== null) frame.token = token;
+    // Read again on every attempt: another tab of the origin may have
+    // started a new session meanwhile (this one expired), and every tab
+    // should end up in the same one.
+    if (!this._sessionGiven) {
+      const stored = this._readStoredSession();
+      if (stored) this._session = stored;
+    }
+    this._sessionGiven = false;
     if (this._session) frame.session = this._session;
     const subs = [];
     for (const ch of this._channels.values()) {
@@ -764,7 +783,7 @@ export class Client {
     this._everConnected = true;
     this._failures = 0;
     this._session = frame.session;
-    if (this._opts.sessionStorage) storage()?.setItem(this._storageKey, frame.session);
+    this._storeSession(frame.session);
     const offline = this._offlineUnsubs;
     this._offlineUnsubs = new Set();
     if (frame.resumed) {
@@ -795,6 +814,24 @@ export class Client {
     const waiters = this._connectWaiters;
     this._connectWaiters = [];
     for (const w of waiters) w.resolve(frame);
+  }
+
+  _readStoredSession() {
+    try {
+      const id = storage(this._opts.persistSession)?.getItem(this._storageKey);
+      return typeof id === "string" && id.length > 0 && id.length <= 1024 ? id : null;
+    } catch {
+      return null;
+    }
+  }
+
+  _storeSession(id) {
+    try {
+      const store = storage(this._opts.persistSession);
+      if (store && store.getItem(this._storageKey) !== id) store.setItem(this._storageKey, id);
+    } catch {
+      // Full or disabled storage: the session is kept in memory only.
+    }
   }
 
   /** With a token provider and a JWT with `exp`: reconnect with a fresh token shortly before it expires. */

@@ -220,14 +220,49 @@ describe("one instance", () => {
       const first = client({ sessionStorage: true });
       const w1 = await first.connect();
       assert.equal([...items.values()][0], w1.session);
+      // Something to resume: `resumed` says whether subscriptions or session data came back.
+      await first.subscribe("stored:tab", () => {});
       await first.close();
       const second = client({ sessionStorage: true });
       const w2 = await second.connect();
       assert.equal(w2.session, w1.session);
       assert.equal(w2.resumed, true);
-      const other = client(); // without the option: a new session
+      const other = client(); // without the option (and no localStorage in Node): a new session
       assert.notEqual((await other.connect()).session, w1.session);
     } finally {
+      delete globalThis.sessionStorage;
+    }
+  });
+
+  test("persistSession: \"local\" (the default) shares the id through localStorage; false keeps none", async () => {
+    const local = new Map();
+    const tab = new Map();
+    const fake = (items) => ({
+      getItem: (k) => (items.has(k) ? items.get(k) : null),
+      setItem: (k, v) => items.set(k, String(v)),
+    });
+    globalThis.localStorage = fake(local);
+    globalThis.sessionStorage = fake(tab);
+    try {
+      const one = client();
+      const w1 = await one.connect();
+      assert.deepEqual([...local.values()], [w1.session]);
+      assert.equal(tab.size, 0);
+      // Another tab of the origin, while the first is open: the same session.
+      const two = client();
+      assert.equal(two.session, w1.session, "read from storage before connecting");
+      const w2 = await two.connect();
+      assert.equal(w2.session, w1.session);
+      assert.equal(w2.resumed, false, "nothing of an open tab is restored");
+      const alone = client({ persistSession: false });
+      assert.notEqual((await alone.connect()).session, w1.session);
+      const perTab = client({ persistSession: "tab" });
+      const w3 = await perTab.connect();
+      assert.notEqual(w3.session, w1.session);
+      assert.deepEqual([...tab.values()], [w3.session]);
+      assert.throws(() => client({ persistSession: "cookie" }), { code: "bad_request" });
+    } finally {
+      delete globalThis.localStorage;
       delete globalThis.sessionStorage;
     }
   });
