@@ -20,6 +20,10 @@ export async function useEverything(WS: new (url: string) => any): Promise<void>
     queueLimit: 100,
   });
   new Client("https://example.com", { reconnect: false });
+  new Client("https://example.com", { persistSession: "tab" });
+  new Client("https://example.com", { persistSession: false });
+  // @ts-expect-error: only "local", "tab" or false
+  new Client("https://example.com", { persistSession: "cookie" });
 
   const offState = c.on("state", (s: ConnectionState) => void s);
   offState();
