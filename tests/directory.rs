@@ -46,7 +46,7 @@ fn clients(list: &scaled_sockets::ConnectionList) -> Vec<&str> {
     list.connections.iter().map(|c| c.client.as_str()).collect()
 }
 
-fn sorted<'a>(mut v: Vec<&'a str>) -> Vec<&'a str> {
+fn sorted(mut v: Vec<&str>) -> Vec<&str> {
     v.sort_unstable();
     v
 }
