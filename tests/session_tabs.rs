@@ -299,6 +299,58 @@ async fn nothing_restored_is_not_resumed(scaler: Arc<dyn Scaler>) {
     assert_eq!(w["resumed"], true, "{w}");
 }
 
+/// Two closed tabs held one channel at different positions: a resume
+/// replays from the older one (at least once across tabs).
+async fn two_closed_tabs_resume_from_the_oldest_position(scaler: Arc<dyn Scaler>) {
+    let a = TestServer::start(config("oldest-a"), scaler.clone(), demo_app()).await;
+    let open_tabs = |session: String| {
+        let sockets = a.sockets.clone();
+        async move {
+            sockets
+                .session_connections(&session, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .connections
+                .len()
+        }
+    };
+    let (mut early, w) = Raw::connect(&a.url()).await;
+    let session = w["session"].as_str().unwrap().to_owned();
+    subscribe(&mut early, 1, "both").await;
+    publish(&a, "both", 1).await;
+    assert_eq!(offsets(&mut early, "both", 1).await, vec![1]);
+    let (mut late, _) =
+        Raw::connect_with(&a.url(), json!({"type":"connect","session":session})).await;
+    subscribe(&mut late, 1, "both").await;
+    // `early` stops at 1; `late` goes on to 3.
+    drop(early);
+    eventually(Duration::from_secs(5), "early closed", || {
+        let count = open_tabs(session.clone());
+        async move { count.await == 1 }
+    })
+    .await;
+    publish(&a, "both", 2).await;
+    publish(&a, "both", 3).await;
+    assert_eq!(offsets(&mut late, "both", 2).await, vec![2, 3]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(late);
+    eventually(Duration::from_secs(5), "late closed", || {
+        let count = open_tabs(session.clone());
+        async move { count.await == 0 }
+    })
+    .await;
+    // Both records are closed: "both" comes back from 1, the older.
+    let (mut back, w) =
+        Raw::connect_with(&a.url(), json!({"type":"connect","session":session})).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(offsets(&mut back, "both", 2).await, vec![2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_two_closed_tabs_resume_from_the_oldest_position() {
+    two_closed_tabs_resume_from_the_oldest_position(Arc::new(MemoryScaler::new())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_two_tabs_keep_their_own_positions() {
     two_tabs_keep_their_own_positions(Arc::new(MemoryScaler::new())).await;

@@ -48,8 +48,10 @@ const OPEN_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) struct SessionHead {
     user: Option<String>,
     /// Subscriptions kept in the head by servers that wrote no connection
-    /// records: restored like the record of a closed connection.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// records: restored like the record of a closed connection. Always
+    /// written (empty), so such servers can still read a head written here
+    /// while a cluster is upgraded.
+    #[serde(default)]
     subscriptions: Vec<SubscriptionRequest>,
 }
 

@@ -180,16 +180,17 @@ impl Hub {
                 request,
                 reply_to: self.id.to_string(),
             };
-            let mut unreachable = Vec::new();
-            for instance in &expected {
-                if let Err(e) = self.send_to_peer(instance, &message).await {
+            // Sent to all at once: one slow send must not eat the others' time.
+            let sends = expected.iter().map(|instance| {
+                let message = &message;
+                async move { (instance.clone(), self.send_to_peer(instance, message).await) }
+            });
+            for (instance, sent) in futures_util::future::join_all(sends).await {
+                if let Err(e) = sent {
                     tracing::debug!(%instance, error = %e, "lookup not sent to an instance");
-                    unreachable.push(instance.clone());
+                    expected.remove(&instance);
+                    list.partial = true;
                 }
-            }
-            for instance in unreachable {
-                expected.remove(&instance);
-                list.partial = true;
             }
             while !expected.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
