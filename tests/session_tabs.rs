@@ -3,14 +3,14 @@
 //! of the connections that are no longer open (closed, or on an instance
 //! that died without a word), from the positions they saved, and not those
 //! of a tab still open; `resumed:true` only when something came back; every
-//! record expires with the resume window. In-memory scaler and private Redis.
+//! record expires with the resume window. In-memory scaler, private Redis and NATS.
 
 mod support;
 
 use scaled_sockets::{
     Config, Data, MemoryScaler, Scaler, cli::scaler_from_url, scaler::InstanceInfo,
 };
-use scaled_sockets_test_harness::RedisServer;
+use scaled_sockets_test_harness::{NatsServer, RedisServer};
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
 use support::{Raw, TestServer, demo_app, eventually, test_config};
@@ -388,4 +388,22 @@ async fn redis_a_dead_instances_tab_is_restored() {
 async fn redis_nothing_restored_is_not_resumed() {
     let server = RedisServer::start();
     nothing_restored_is_not_resumed(redis(&server, "empty").await).await;
+}
+
+async fn nats(server: &NatsServer, prefix: &str) -> Arc<dyn Scaler> {
+    scaler_from_url(&server.url(), prefix)
+        .await
+        .expect("connect to the private nats-server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_two_tabs_keep_their_own_positions() {
+    let server = NatsServer::start();
+    two_tabs_keep_their_own_positions(nats(&server, "tabs").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_two_closed_tabs_resume_from_the_oldest_position() {
+    let server = NatsServer::start();
+    two_closed_tabs_resume_from_the_oldest_position(nats(&server, "oldest").await).await;
 }
