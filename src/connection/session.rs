@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use std::{collections::HashSet, time::Duration};
 use tokio::sync::oneshot;
 
-/// Where the connection records of session `session` live.
+/// Where the connection records of session `session` live. No session's
+/// prefix covers another's records: sessions are only ever created with a
+/// fresh UUID (no `/`), and a resume lists records only after finding the
+/// head of the session it names.
 fn records_prefix(session: &str) -> String {
     format!("sessconn/{session}/")
 }
