@@ -552,7 +552,7 @@ fn send_probe(pool: &Arc<Pool>, channel: &str, counters: &Counters) {
 
 /// Exponential backoff with jitter: between half and all of
 /// `min * 2^attempt`, capped at `max`.
-fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     let base = min.saturating_mul(1u32 << attempt.min(20)).min(max);
     let jitter = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
     base / 2 + (base / 2) * jitter / 1024

@@ -138,6 +138,7 @@ mod presence;
 mod pubsub;
 mod scaler;
 mod scripts;
+mod shard_feed;
 mod stats;
 mod sweep;
 

@@ -1,5 +1,8 @@
 //! Command connections: a few multiplexed connections, used round-robin, each
 //! reconnected lazily after it fails; every call bounded by one deadline.
+//! On a Redis Cluster, one cluster connection instead: it keeps a multiplexed
+//! connection per node, routes each command by the slot of its first key,
+//! follows `MOVED`/`ASK` and refreshes the slot map when the topology changes.
 //!
 //! A multiplexed connection pipelines every concurrent call on it (many
 //! publishes in flight at once, answers matched in order), so there is no
@@ -8,7 +11,10 @@
 
 use redis::{
     AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, ProtocolVersion, PushInfo,
-    PushKind, RedisError, ScriptInvocation, aio::MultiplexedConnection,
+    PushKind, RedisError, RedisFuture, ScriptInvocation, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
 };
 use scaled_sockets_scaler::{Result, ScalerError};
 use std::{
@@ -97,7 +103,7 @@ impl Slot {
             return Some(Ok(Lease {
                 slot,
                 generation: state.generation,
-                conn: conn.clone(),
+                conn: Conn::Single(conn.clone()),
             }));
         }
         if state
@@ -112,6 +118,65 @@ impl Slot {
     }
 }
 
+/// A connection a call runs on: one server's, or the cluster's (which routes
+/// each command to the node serving its slot).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The settings every cluster client of a scaler is built with (command pool
+/// and feeds).
+pub(crate) fn cluster_builder(nodes: &[String], timeout: Duration) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(nodes.to_vec())
+        .use_protocol(ProtocolVersion::RESP3)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        // A few retries cover MOVED/ASK redirects and a refreshed slot map;
+        // the command deadline bounds the rest.
+        .retries(3)
+        .min_retry_wait(50)
+        .max_retry_wait(500)
+}
+
+/// The single cluster connection of a scaler in cluster mode.
+struct ClusterSlot {
+    client: ClusterClient,
+    nodes: Vec<String>,
+    /// Held only for short, non-awaiting updates.
+    state: std::sync::Mutex<(Option<ClusterConnection>, u64, Option<Instant>)>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
 /// The command connections of one scaler.
 pub(crate) struct Pool {
     /// RESP3, so a connection reports its own disconnection.
@@ -121,12 +186,15 @@ pub(crate) struct Pool {
     slots: Vec<Slot>,
     next: AtomicUsize,
     timeout: Duration,
+    /// Set on a Redis Cluster: then `slots` is unused.
+    cluster: Option<ClusterSlot>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("size", &self.slots.len())
+            .field("cluster", &self.cluster.is_some())
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -136,7 +204,7 @@ impl std::fmt::Debug for Pool {
 struct Lease {
     slot: usize,
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: Conn,
 }
 
 impl Pool {
@@ -155,7 +223,92 @@ impl Pool {
             slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             timeout,
+            cluster: None,
         })
+    }
+
+    /// A pool on a Redis Cluster reached through these seed nodes.
+    pub(crate) fn new_cluster(nodes: Vec<String>, timeout: Duration) -> Result<Self> {
+        let invalid = |e: RedisError| {
+            ScalerError::InvalidArgument(format!("redis cluster connection info: {e}"))
+        };
+        let client = cluster_builder(&nodes, timeout).build().map_err(invalid)?;
+        // Unused in cluster mode (feeds build their own cluster clients), but
+        // keeps one type for both modes.
+        let first = nodes
+            .first()
+            .ok_or_else(|| ScalerError::InvalidArgument("no redis cluster node".into()))?;
+        let single = Client::open(first.as_str()).map_err(invalid)?;
+        Ok(Self {
+            client: single.clone(),
+            pubsub_client: single,
+            slots: vec![Slot::default()],
+            next: AtomicUsize::new(0),
+            timeout,
+            cluster: Some(ClusterSlot {
+                client,
+                nodes,
+                state: std::sync::Mutex::new((None, 0, None)),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The seed nodes when on a Redis Cluster.
+    pub(crate) fn cluster_nodes(&self) -> Option<&[String]> {
+        self.cluster.as_ref().map(|c| c.nodes.as_slice())
+    }
+
+    /// The cluster connection, connecting it first when there is none.
+    async fn checkout_cluster(&self, cluster: &ClusterSlot, deadline: Instant) -> Result<Lease> {
+        let current = |cluster: &ClusterSlot| -> Option<Result<Lease>> {
+            let state = cluster.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = &state.0 {
+                return Some(Ok(Lease {
+                    slot: 0,
+                    generation: state.1,
+                    conn: Conn::Cluster(conn.clone()),
+                }));
+            }
+            if state.2.is_some_and(|t| t.elapsed() < RECONNECT_HOLDOFF) {
+                return Some(Err(ScalerError::unavailable(
+                    "redis cluster connection failed moments ago",
+                )));
+            }
+            None
+        };
+        if let Some(ready) = current(cluster) {
+            return ready;
+        }
+        let _connecting = timeout_at(deadline, cluster.connecting.lock())
+            .await
+            .map_err(|_| ScalerError::Timeout(self.timeout))?;
+        if let Some(ready) = current(cluster) {
+            return ready;
+        }
+        let connected = timeout_at(deadline, cluster.client.get_async_connection()).await;
+        let mut state = cluster.state.lock().unwrap_or_else(|p| p.into_inner());
+        match connected {
+            Ok(Ok(conn)) => {
+                state.1 += 1;
+                state.2 = None;
+                state.0 = Some(conn.clone());
+                Ok(Lease {
+                    slot: 0,
+                    generation: state.1,
+                    conn: Conn::Cluster(conn),
+                })
+            }
+            Ok(Err(e)) => {
+                state.2 = Some(Instant::now());
+                tracing::debug!(error = %e, "redis cluster connect failed");
+                Err(map_error(e, self.timeout).into_unavailable())
+            }
+            Err(_) => {
+                state.2 = Some(Instant::now());
+                Err(ScalerError::Timeout(self.timeout))
+            }
+        }
     }
 
     /// The client feeds open their subscriber connections with.
@@ -170,6 +323,9 @@ impl Pool {
     }
 
     async fn checkout(&self, index: usize, deadline: Instant) -> Result<Lease> {
+        if let Some(cluster) = &self.cluster {
+            return self.checkout_cluster(cluster, deadline).await;
+        }
         let timeout = self.timeout;
         let slot = &self.slots[index];
         if let Some(ready) = slot.current(index) {
@@ -210,7 +366,7 @@ impl Pool {
                 Ok(Lease {
                     slot: index,
                     generation: state.generation,
-                    conn,
+                    conn: Conn::Single(conn),
                 })
             }
             Ok(Err(e)) => {
@@ -227,6 +383,16 @@ impl Pool {
 
     /// Forgets a broken connection (unless it was already replaced).
     fn discard(&self, lease: &Lease) {
+        if let Some(cluster) = &self.cluster {
+            // The cluster connection reconnects its nodes by itself; it is
+            // replaced only when it stopped answering altogether (a timeout),
+            // which a fresh discovery from the seed nodes may cure.
+            let mut state = cluster.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.1 == lease.generation {
+                state.0 = None;
+            }
+            return;
+        }
         let mut state = self.slots[lease.slot].state();
         if state.generation == lease.generation {
             state.conn = None;
@@ -236,7 +402,7 @@ impl Pool {
     /// Runs one call on a pooled connection within the command timeout.
     pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -245,7 +411,7 @@ impl Pool {
         match timeout_at(deadline, call(lease.conn.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if breaks_connection(&e) {
+                if breaks_connection(&e) && self.cluster.is_none() {
                     self.discard(&lease);
                 }
                 Err(map_error(e, self.timeout))

@@ -15,20 +15,46 @@ local function now_ms()
 end
 ";
 
+/// On a Redis Cluster (`flag` = `1`): the id of the node running the script,
+/// else `''`. `meta` (HMGET e, n) belongs to a channel whose epoch must be new
+/// when a different node recorded it: a replica promoted after its primary
+/// failed may lack publications the primary already acknowledged (replication
+/// is asynchronous), and reusing their offsets under the old epoch would make
+/// subscribers that saw them take the new ones for duplicates. (A slot moved by
+/// resharding starts a new epoch too: the script cannot tell the two apart.)
+const NODE: &str = r"
+local function node_of(flag)
+  if flag == '1' then
+    return redis.call('CLUSTER', 'MYID')
+  end
+  return ''
+end
+local function epoch_stale(meta, node)
+  return not meta[1] or (node ~= '' and meta[2] ~= node)
+end
+";
+
 /// Publish: one atomic step for offset, epoch, history, TTL and delivery.
 ///
-/// KEYS: 1 meta hash, 2 history stream.
+/// KEYS: 1 meta hash (`e` epoch, `o` offset, `n` node id on a cluster),
+/// 2 history stream.
 /// ARGV: 1 payload, 2 history size, 3 TTL ms, 4 candidate epoch (used only when
-/// the channel has none), 5 pub/sub channel.
+/// the channel needs a new one), 5 pub/sub channel, 6 cluster flag (`1`:
+/// sharded `SPUBLISH` and the node check, `0`: `PUBLISH`).
 /// Returns `{offset, epoch}` (offset as a decimal string).
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+    Script::new(&format!(
+        r"{NODE}
+local node = node_of(ARGV[6])
+local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
+local epoch = meta[1]
+if epoch_stale(meta, node) then
   epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch)
+  if node ~= '' then
+    redis.call('HSET', KEYS[1], 'n', node)
+  end
 end
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'o', 1))
 if tonumber(ARGV[2]) > 0 then
@@ -38,10 +64,15 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[5], offset .. ':' .. epoch .. ':' .. ARGV[1])
-return {offset, epoch}
-",
-    )
+local envelope = offset .. ':' .. epoch .. ':' .. ARGV[1]
+if node ~= '' then
+  redis.call('SPUBLISH', ARGV[5], envelope)
+else
+  redis.call('PUBLISH', ARGV[5], envelope)
+end
+return {{offset, epoch}}
+"
+    ))
 });
 
 /// History: the channel's top (creating its epoch if missing) and, with a
@@ -50,49 +81,54 @@ return {offset, epoch}
 /// KEYS: 1 meta hash, 2 history stream.
 /// ARGV: 1 candidate epoch, 2 TTL ms for a newly created epoch, 3 since offset
 /// (empty: top only), 4 since epoch, 5 limit, 6 first wanted stream id
-/// (`<since+1>-0`).
+/// (`<since+1>-0`), 7 cluster flag (as for [`PUBLISH`]).
 /// Returns `{epoch, top, recovered (0/1), id1, payload1, id2, payload2, ...}`.
 pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+    Script::new(&format!(
+        r"{NODE}
+local node = node_of(ARGV[7])
+local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
+local epoch = meta[1]
+if epoch_stale(meta, node) then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  if node ~= '' then
+    redis.call('HSET', KEYS[1], 'n', node)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local top = redis.call('HGET', KEYS[1], 'o') or '0'
 if ARGV[3] == '' then
-  return {epoch, top, 1}
+  return {{epoch, top, 1}}
 end
 if ARGV[4] ~= epoch then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local since = tonumber(ARGV[3])
 local topn = tonumber(top)
 if since > topn then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local missed = topn - since
 if missed == 0 then
-  return {epoch, top, 1}
+  return {{epoch, top, 1}}
 end
 if missed > tonumber(ARGV[5]) then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local entries = redis.call('XRANGE', KEYS[2], ARGV[6], '+', 'COUNT', string.format('%d', missed))
 if #entries ~= missed or entries[1][1] ~= ARGV[6] then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
-local out = {epoch, top, 1}
+local out = {{epoch, top, 1}}
 for _, entry in ipairs(entries) do
   out[#out + 1] = entry[1]
   out[#out + 1] = entry[2][2]
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// Registers or refreshes an instance.

@@ -326,3 +326,220 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs `redis-cli -p PORT args...` and returns its output (trimmed); panics
+/// when `redis-cli` is missing.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let binary = require_binary("redis-cli", "apt-get install -y redis-tools");
+    let out = Command::new(binary)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A private Redis Cluster: `primaries` primaries with one replica each, on
+/// free loopback ports, no persistence, a short `cluster-node-timeout` (so a
+/// failover takes about two node timeouts), and `cluster-require-full-coverage
+/// no` (the other shards keep serving while one fails over).
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Owned>,
+    dirs: Vec<PathBuf>,
+    node_timeout: Duration,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` primaries and as many replicas, creates the cluster
+    /// and waits until every slot is served and every replica is attached.
+    pub fn start(primaries: usize, node_timeout: Duration) -> Self {
+        let binary = require_binary("redis-server", "apt-get install -y redis-server");
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..primaries * 2 {
+            let port = free_port();
+            let dir = temp_dir("redis-cluster");
+            let args = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &node_timeout.as_millis().to_string(),
+                "--cluster-replica-validity-factor",
+                "0",
+                "--cluster-require-full-coverage",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut proc = Owned {
+                binary: binary.clone(),
+                args,
+                port,
+                name: "redis-server",
+                child: None,
+            };
+            proc.spawn_fresh();
+            nodes.push(proc);
+            dirs.push(dir);
+        }
+        let cluster = Self {
+            nodes,
+            dirs,
+            node_timeout,
+        };
+        let addrs: Vec<String> = cluster
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = redis_cli(cluster.ports()[0], &args);
+        assert!(
+            out.contains("[OK] All 16384 slots covered"),
+            "redis-cli --cluster create failed: {out}"
+        );
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Every node's port (running or not).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// The configured `cluster-node-timeout`.
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
+    /// The port of the running primary serving `slot`, asked of a running node.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<u16> {
+        let node = self.nodes.iter().find(|n| n.child.is_some())?;
+        let nodes = redis_cli(node.port, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+            for range in &fields[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        return Some(port);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The slot of a key (`CLUSTER KEYSLOT`, asked of a running node).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node");
+        redis_cli(node.port, &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// Kills (SIGKILL) the node listening on `port`.
+    pub fn kill_node(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.kill();
+        }
+    }
+
+    /// Starts again a node killed by [`RedisCluster::kill_node`] (it rejoins as
+    /// it was configured; a replaced primary becomes a replica).
+    pub fn restart_node(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.spawn();
+        }
+    }
+
+    /// Kills every node (their data is gone; the cluster layout survives in
+    /// each node's `nodes.conf`).
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Starts every node again after [`RedisCluster::stop`] and waits until the
+    /// cluster serves every slot again.
+    pub fn start_again(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_none() {
+                n.spawn();
+            }
+        }
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|n| redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            let covered = (0..16384u16)
+                .step_by(997)
+                .all(|slot| self.primary_of_slot(slot).is_some());
+            if ok && covered {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the redis cluster did not become healthy within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
