@@ -11,7 +11,7 @@
 
 use redis::{
     AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, ProtocolVersion, PushInfo,
-    PushKind, RedisError, RedisFuture, ScriptInvocation, Value,
+    PushKind, RedisError, RedisFuture, Value,
     aio::{ConnectionLike, MultiplexedConnection},
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
@@ -437,12 +437,22 @@ impl Pool {
             .await
     }
 
-    /// Runs one script (EVALSHA, loading it on `NOSCRIPT`).
+    /// Runs one script: `EVALSHA`, then `EVAL` with its source on `NOSCRIPT`
+    /// (which loads it on that node).
     pub(crate) async fn script<T: FromRedisValue>(
         &self,
-        invocation: &ScriptInvocation<'_>,
+        invocation: &crate::scripts::Invocation<'_>,
     ) -> Result<T> {
-        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+        self.run(|mut conn| async move {
+            match invocation.cmd(false).query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    invocation.cmd(true).query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 }

@@ -56,6 +56,9 @@ use tokio::{
     time::{Instant, sleep, sleep_until, timeout},
 };
 
+/// How long re-subscription waits before confirming everything a second time.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// A topic the feed should receive (see the standalone feed for the rules).
 struct Desired {
     topic: Topic,
@@ -408,6 +411,9 @@ impl ShardTask {
             Value::BulkString(b) => std::str::from_utf8(b).ok(),
             _ => None,
         });
+        if push.kind != PushKind::SMessage {
+            tracing::trace!(kind = ?push.kind, data = ?push.data, probe = %self.shared.probe_channel, "redis cluster feed push");
+        }
         match push.kind {
             PushKind::Disconnection => Ok(Seen::Lost("a node connection closed")),
             PushKind::SUnsubscribe => {
@@ -478,44 +484,57 @@ impl ShardTask {
 
     /// Re-subscribes every wanted channel (and the probe) with backoff until
     /// all are confirmed; `None` when the feed is dropped meanwhile. Pushes
-    /// queued meanwhile are read after, so a loss they report starts another
-    /// round.
+    /// keep being read: messages are delivered, and a loss reported during a
+    /// round (another node connection closing, a slot moving) starts the round
+    /// again, so that `Resumed` follows only a round no loss interrupted.
     async fn resubscribe(&mut self) -> Option<()> {
         let s = self.shared.settings.clone();
         let mut attempt = 0u32;
-        loop {
+        'rounds: loop {
             let delay = backoff(attempt, s.reconnect_min, s.reconnect_max);
             attempt = attempt.saturating_add(1);
             let mut names: Vec<String> = self.shared.lock().desired.keys().cloned().collect();
             names.push(self.shared.probe_channel.clone());
             let shared = self.shared.clone();
+            let s = s.clone();
             let round = async move {
                 sleep(delay).await;
+                shard_command(&shared.conn, &names, s.batch, true, s.timeout).await?;
+                // Twice, a moment apart: while the cluster connection refreshes
+                // its slot map after a failover it may replace a node's
+                // connection, and a subscription confirmed on the replaced one
+                // just before is gone without a word. The second round lands
+                // on the settled connections (a duplicate SSUBSCRIBE is
+                // harmless); only then is the feed live again.
+                sleep(SETTLE).await;
                 shard_command(&shared.conn, &names, s.batch, true, s.timeout).await
             };
-            match self.serve(round).await? {
-                Ok(()) => return Some(()),
-                Err(e) => tracing::debug!(attempt, error = %e, "redis cluster re-subscribe failed"),
-            }
-        }
-    }
-
-    /// Runs `fut` while flushing the outbox and watching for the feed being
-    /// dropped.
-    async fn serve<F: std::future::Future>(&mut self, fut: F) -> Option<F::Output> {
-        tokio::pin!(fut);
-        loop {
-            let backlog = self.outbox.has_backlog();
-            let tx = self.outbox.sender().clone();
-            tokio::select! {
-                biased;
-                _ = &mut self.stop => return None,
-                () = tx.closed() => return None,
-                permit = tx.reserve(), if backlog => {
-                    drop(permit.ok()?);
-                    self.outbox.flush().ok()?;
+            tokio::pin!(round);
+            loop {
+                let backlog = self.outbox.has_backlog();
+                let tx = self.outbox.sender().clone();
+                tokio::select! {
+                    biased;
+                    _ = &mut self.stop => return None,
+                    () = tx.closed() => return None,
+                    permit = tx.reserve(), if backlog => {
+                        drop(permit.ok()?);
+                        self.outbox.flush().ok()?;
+                    }
+                    push = self.pushes.recv() => {
+                        if let Seen::Lost(why) = self.handle(push?).ok()? {
+                            tracing::debug!(reason = why, "redis cluster re-subscribe round restarted");
+                            continue 'rounds;
+                        }
+                    }
+                    out = &mut round => match out {
+                        Ok(()) => return Some(()),
+                        Err(e) => {
+                            tracing::debug!(attempt, error = %e, "redis cluster re-subscribe failed");
+                            continue 'rounds;
+                        }
+                    },
                 }
-                out = &mut fut => return Some(out),
             }
         }
     }
