@@ -543,3 +543,169 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// `GET path` on a loopback HTTP port; the body, or `None` when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// A private NATS cluster: `size` `nats-server -js` processes routed to each
+/// other on free loopback ports, each with its own store and monitoring port.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<Owned>,
+    monitor_ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers (named `n0`, `n1`...) and waits until JetStream
+    /// has a meta leader.
+    pub fn start(size: usize) -> Self {
+        let binary = require_binary("nats-server", "apt-get install -y nats-server");
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        let mut monitor_ports = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let port = free_port();
+            let monitor = free_port();
+            let dir = temp_dir("nats-cluster");
+            let args = [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor.to_string(),
+                "-js",
+                "-sd",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--server_name",
+                &format!("n{i}"),
+                "--cluster_name",
+                "ss-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{route_port}"),
+                "--routes",
+                &routes,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut proc = Owned {
+                binary: binary.clone(),
+                args,
+                port,
+                name: "nats-server",
+                child: None,
+            };
+            proc.spawn_fresh();
+            nodes.push(proc);
+            monitor_ports.push(monitor);
+            dirs.push(dir);
+        }
+        let cluster = Self {
+            nodes,
+            monitor_ports,
+            dirs,
+        };
+        cluster.wait_ready(Duration::from_secs(30));
+        cluster
+    }
+
+    /// `nats://a,nats://b,...`: every server.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client port of server `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Index of the server named `name` (`n0`, `n1`...).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix('n')?
+            .parse()
+            .ok()
+            .filter(|i| *i < self.nodes.len())
+    }
+
+    /// `GET path` on the monitoring port of a running server.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .zip(&self.monitor_ports)
+            .filter(|(n, _)| n.child.is_some())
+            .find_map(|(_, port)| http_get(*port, path))
+    }
+
+    /// Kills (SIGKILL) server `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts server `i` again after [`NatsCluster::kill`] (same ports and store).
+    pub fn start_again(&mut self, i: usize) {
+        self.nodes[i].spawn();
+    }
+
+    /// Waits until every running server is routed to the others and JetStream
+    /// has a meta leader.
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+        loop {
+            let ready = self
+                .nodes
+                .iter()
+                .zip(&self.monitor_ports)
+                .filter(|(n, _)| n.child.is_some())
+                .all(|(_, port)| {
+                    let routes = http_get(*port, "/routez").unwrap_or_default();
+                    let jsz = http_get(*port, "/jsz").unwrap_or_default();
+                    routes.contains(&format!("\"num_routes\": {}", running - 1))
+                        && jsz.contains("\"leader\"")
+                });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster did not form within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
