@@ -108,7 +108,7 @@ end
 /// sharded `SPUBLISH` and the node check, `0`: `PUBLISH`).
 /// Returns `{offset, epoch}` (offset as a decimal string).
 pub(crate) static PUBLISH: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NODE}
 local node = node_of(ARGV[6])
 local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
@@ -149,7 +149,7 @@ return {{offset, epoch}}
 /// (`<since+1>-0`), 7 cluster flag (as for [`PUBLISH`]).
 /// Returns `{epoch, top, recovered (0/1), id1, payload1, id2, payload2, ...}`.
 pub(crate) static HISTORY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NODE}
 local node = node_of(ARGV[7])
 local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
@@ -200,7 +200,7 @@ return out
 ///
 /// KEYS: 1 instance key, 2 registry index. ARGV: 1 JSON, 2 TTL ms, 3 id.
 pub(crate) static REGISTER: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]) + 1000, ARGV[3])
@@ -229,7 +229,7 @@ return 1
 /// computed from the index; they share the index's `{registry}` hash tag, so
 /// they are in its slot.
 pub(crate) static INSTANCES: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}
 local gone = {{}}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
@@ -282,7 +282,7 @@ return n
 /// 3 lease name.
 /// Returns `{1, owner, token}` when acquired, `{0, holder, token}` otherwise.
 pub(crate) static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}
 local cur = redis.call('GET', KEYS[1])
 local token
@@ -308,7 +308,7 @@ return {{1, ARGV[1], token}}
 ///
 /// KEYS: 1 lease key, 2 lease index. ARGV: 1 `<token>:<owner>`, 2 TTL ms, 3 lease name.
 pub(crate) static RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -342,7 +342,7 @@ return 1
 /// Returns `{name1, value1, name2, value2, ...}` (values `<token>:<owner>`).
 /// Lease keys share the index's `{lease}` hash tag.
 pub(crate) static LEASES: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
 local out = {{}}
@@ -379,7 +379,7 @@ end
 ///
 /// KEYS: 1 names, 2 exp. Returns how many names were still indexed before.
 pub(crate) static KV_SWEEP_EXPIRED: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}
 kv_sweep(KEYS[1], KEYS[2], 1000)
 return redis.call('ZCARD', KEYS[2])
@@ -418,7 +418,7 @@ end
 /// 4 TTL ms (`0`: none), 5 name.
 /// Returns `{1, revision}` or `{0, conflict message}`.
 pub(crate) static KV_PUT: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}{KV_MODE}
 kv_sweep(KEYS[2], KEYS[3], 16)
 local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
@@ -451,7 +451,7 @@ return {{1, rev}}
 /// argument, 3 name.
 /// Returns `{1, deleted (0/1)}` or `{0, conflict message}`.
 pub(crate) static KV_DELETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{KV_MODE}
 local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
 local why = kv_conflict(ARGV[1], ARGV[2], cur[1], cur[2])
@@ -470,7 +470,7 @@ return {{1, redis.call('DEL', KEYS[1])}}
 /// KEYS: 1 names, 2 exp. ARGV: 1 item key prefix, 2 lex min, 3 lex max, 4 limit.
 /// Returns `{name1, value1, revision1, ...}`.
 pub(crate) static KV_LIST: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}
 kv_sweep(KEYS[1], KEYS[2], 1000)
 local out = {{}}
