@@ -475,6 +475,66 @@ impl RedisCluster {
             .expect("CLUSTER KEYSLOT answers a number")
     }
 
+    /// The ports of the running primaries.
+    pub fn primary_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = (0..16384u16)
+            .step_by(64)
+            .filter_map(|slot| self.primary_of_slot(slot))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// Moves `slot` (and its keys) to the primary on `to`, the way
+    /// `redis-cli --cluster reshard` does: `IMPORTING` on the target,
+    /// `MIGRATING` on the source, `MIGRATE` of its keys in batches, then the
+    /// new owner announced to every primary.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.primary_of_slot(slot).expect("slot served");
+        if from == to {
+            return;
+        }
+        let from_id = redis_cli(from, &["CLUSTER", "MYID"]);
+        let to_id = redis_cli(to, &["CLUSTER", "MYID"]);
+        let slot_arg = slot.to_string();
+        let ok = |out: String, what: &str| assert_eq!(out, "OK", "{what}: {out}");
+        ok(
+            redis_cli(
+                to,
+                &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id],
+            ),
+            "SETSLOT IMPORTING",
+        );
+        ok(
+            redis_cli(
+                from,
+                &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id],
+            ),
+            "SETSLOT MIGRATING",
+        );
+        loop {
+            let keys = redis_cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(redis_cli(from, &args), "MIGRATE");
+        }
+        for port in [to, from] {
+            ok(
+                redis_cli(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]),
+                "SETSLOT NODE",
+            );
+        }
+        for port in self.primary_ports() {
+            let _ = redis_cli(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+        }
+    }
+
     /// Kills (SIGKILL) the node listening on `port`.
     pub fn kill_node(&mut self, port: u16) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
