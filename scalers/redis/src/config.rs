@@ -32,7 +32,11 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub struct RedisConfig {
     /// `redis://[[user]:pass@]host[:port][/db]` or `rediss://...` (TLS), or a
     /// Redis Cluster: `redis+cluster://[[user]:pass@]host:port[,host:port...]`
-    /// (`rediss+cluster://` with TLS), any reachable nodes of it.
+    /// (`rediss+cluster://` with TLS), any reachable nodes of it; or a primary
+    /// watched by Redis Sentinel:
+    /// `redis+sentinel://[[user]:pass@]host:port[,host:port...]/<service>[/db]`
+    /// (the Sentinels' addresses, the monitored service name; the credentials
+    /// and database are the primary's).
     pub url: String,
     /// Every key and pub/sub channel starts with `"{prefix}:"`. Must be non-empty
     /// and must not contain `{` or `}` (those would change the hash tag of keys).
@@ -83,14 +87,19 @@ impl RedisConfig {
             "rediss://",
             "redis+cluster://",
             "rediss+cluster://",
+            "redis+sentinel://",
         ]
         .iter()
         .any(|s| url.starts_with(s));
         if !scheme_ok {
             return Err(ScalerError::InvalidArgument(format!(
-                "redis URL must start with redis://, rediss://, redis+cluster:// or rediss+cluster://, got {}",
+                "redis URL must start with redis://, rediss://, redis+cluster://, rediss+cluster:// or redis+sentinel://, got {}",
                 redact(&url)
             )));
+        }
+        if let Some(spec) = sentinel_spec(&url) {
+            spec?;
+            return Ok(Self::with_defaults(url));
         }
         match cluster_nodes(&url) {
             Some(nodes) => {
@@ -109,7 +118,12 @@ impl RedisConfig {
                 })?;
             }
         }
-        Ok(Self {
+        Ok(Self::with_defaults(url))
+    }
+
+    /// Every setting at its default, for a URL already checked.
+    fn with_defaults(url: String) -> Self {
+        Self {
             url,
             prefix: DEFAULT_PREFIX.to_owned(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
@@ -121,7 +135,7 @@ impl RedisConfig {
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
-        })
+        }
     }
 
     /// Sets [`RedisConfig::sweep_interval`].
@@ -184,6 +198,16 @@ impl RedisConfig {
         cluster_nodes(&self.url).is_some()
     }
 
+    /// True for a Redis Sentinel URL (`redis+sentinel://`).
+    pub fn is_sentinel(&self) -> bool {
+        self.url.starts_with("redis+sentinel://")
+    }
+
+    /// What a Sentinel URL names; `None` for other URLs.
+    pub(crate) fn sentinel_spec(&self) -> Option<Result<SentinelSpec>> {
+        sentinel_spec(&self.url)
+    }
+
     /// The seed nodes of a Redis Cluster URL as one `redis://` (or `rediss://`)
     /// URL each, credentials included; `None` for a single-server URL.
     pub(crate) fn cluster_node_urls(&self) -> Option<Result<Vec<String>>> {
@@ -244,6 +268,63 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max", &self.reconnect_max)
             .finish()
     }
+}
+
+/// What a `redis+sentinel://` URL names.
+#[derive(Clone, Debug)]
+pub(crate) struct SentinelSpec {
+    /// One `redis://host:port` per Sentinel.
+    pub(crate) sentinels: Vec<String>,
+    /// The monitored service (master name).
+    pub(crate) service: String,
+    /// `redis://[userinfo@]127.0.0.1/<db>`: carries the primary's credentials
+    /// and database (its address is the Sentinels' to give).
+    pub(crate) primary: String,
+}
+
+/// Parses `redis+sentinel://[userinfo@]h1:p1[,h2:p2]/service[/db]`.
+fn sentinel_spec(url: &str) -> Option<Result<SentinelSpec>> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    let invalid = |why: &str| {
+        Err(ScalerError::InvalidArgument(format!(
+            "invalid redis sentinel URL {}: {why}",
+            redact(url)
+        )))
+    };
+    let Some((authority, path)) = rest.split_once('/') else {
+        return Some(invalid("the service name is missing (.../<service>)"));
+    };
+    let (service, db) = path.split_once('/').unwrap_or((path, "0"));
+    if service.is_empty() {
+        return Some(invalid("the service name is empty"));
+    }
+    if db.parse::<u16>().is_err() {
+        return Some(invalid("the database must be a number"));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',') {
+        let node = format!("redis://{host}");
+        if host.is_empty() || !host.contains(':') || node.as_str().into_connection_info().is_err() {
+            return Some(invalid("every Sentinel needs host:port"));
+        }
+        sentinels.push(node);
+    }
+    let primary = match userinfo {
+        Some(u) => format!("redis://{u}@127.0.0.1/{db}"),
+        None => format!("redis://127.0.0.1/{db}"),
+    };
+    if primary.as_str().into_connection_info().is_err() {
+        return Some(invalid("bad credentials"));
+    }
+    Some(Ok(SentinelSpec {
+        sentinels,
+        service: service.to_owned(),
+        primary,
+    }))
 }
 
 /// Splits `redis+cluster://[userinfo@]h1:p1,h2:p2[/]` into one node URL per
@@ -309,6 +390,8 @@ mod tests {
             "redis+cluster://127.0.0.1:7000",
             "redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
             "rediss+cluster://cache.example.com:7000/",
+            "redis+sentinel://127.0.0.1:26379/mymaster",
+            "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2",
         ] {
             let c = RedisConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(c.prefix, "ss");
@@ -345,6 +428,10 @@ mod tests {
             "redis+cluster://h",
             "redis+cluster://h:1/2",
             "redis+cluster://h:x",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h:1/",
+            "redis+sentinel://h/svc",
+            "redis+sentinel://h:1/svc/x",
         ] {
             assert!(
                 matches!(

@@ -177,6 +177,18 @@ struct ClusterSlot {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// Where a Sentinel-watched primary is: asked of the Sentinels on every
+/// connect, so connections made after a failover reach the new primary.
+struct SentinelSource {
+    /// `async_master_for` needs exclusive use (it caches Sentinel connections).
+    sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    service: String,
+    /// The primary's credentials and database, RESP3 (command connections).
+    commands: redis::sentinel::SentinelNodeConnectionInfo,
+    /// The same with the URL's protocol (subscriber connections).
+    subscribers: redis::sentinel::SentinelNodeConnectionInfo,
+}
+
 /// The command connections of one scaler.
 pub(crate) struct Pool {
     /// RESP3, so a connection reports its own disconnection.
@@ -188,6 +200,9 @@ pub(crate) struct Pool {
     timeout: Duration,
     /// Set on a Redis Cluster: then `slots` is unused.
     cluster: Option<ClusterSlot>,
+    /// Set for a Sentinel URL: `client` and `pubsub_client` are unused, each
+    /// connect asks the Sentinels for the primary.
+    sentinel: Option<SentinelSource>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -224,7 +239,71 @@ impl Pool {
             next: AtomicUsize::new(0),
             timeout,
             cluster: None,
+            sentinel: None,
         })
+    }
+
+    /// A pool on the primary a set of Sentinels watches.
+    pub(crate) fn new_sentinel(
+        spec: crate::config::SentinelSpec,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        use redis::{IntoConnectionInfo, sentinel::SentinelNodeConnectionInfo};
+        let invalid =
+            |e: RedisError| ScalerError::InvalidArgument(format!("redis sentinel settings: {e}"));
+        let primary = spec
+            .primary
+            .as_str()
+            .into_connection_info()
+            .map_err(invalid)?;
+        let settings = primary.redis_settings().clone();
+        let sentinel = redis::sentinel::Sentinel::build(spec.sentinels.clone()).map_err(invalid)?;
+        let mut pool = Self::new(Client::open(primary).map_err(invalid)?, size, timeout)?;
+        pool.sentinel = Some(SentinelSource {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            service: spec.service,
+            commands: SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(settings.clone().set_protocol(ProtocolVersion::RESP3)),
+            subscribers: SentinelNodeConnectionInfo::default().set_redis_connection_info(settings),
+        });
+        Ok(pool)
+    }
+
+    /// True when the primary is found through Sentinel.
+    pub(crate) fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
+    /// The client a feed opens its subscriber connection with: the one of the
+    /// URL, or, with Sentinel, one for the primary the Sentinels name now.
+    pub(crate) async fn subscriber_client(&self) -> Result<Client> {
+        let Some(source) = &self.sentinel else {
+            return Ok(self.pubsub_client.clone());
+        };
+        let lookup = async {
+            let mut sentinel = source.sentinel.lock().await;
+            sentinel
+                .async_master_for(&source.service, Some(&source.subscribers))
+                .await
+        };
+        match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(map_error(e, self.timeout).into_unavailable()),
+            Err(_) => Err(ScalerError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The client command connections are opened with (see
+    /// [`Pool::subscriber_client`]).
+    async fn command_client(&self) -> redis::RedisResult<Client> {
+        let Some(source) = &self.sentinel else {
+            return Ok(self.client.clone());
+        };
+        let mut sentinel = source.sentinel.lock().await;
+        sentinel
+            .async_master_for(&source.service, Some(&source.commands))
+            .await
     }
 
     /// A pool on a Redis Cluster reached through these seed nodes.
@@ -251,6 +330,7 @@ impl Pool {
                 state: std::sync::Mutex::new((None, 0, None)),
                 connecting: tokio::sync::Mutex::new(()),
             }),
+            sentinel: None,
         })
     }
 
@@ -311,11 +391,6 @@ impl Pool {
         }
     }
 
-    /// The client feeds open their subscriber connections with.
-    pub(crate) fn pubsub_client(&self) -> &Client {
-        &self.pubsub_client
-    }
-
     /// Opens the first connection now (so `connect` reports an unreachable Redis).
     pub(crate) async fn warm_up(&self) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
@@ -350,11 +425,12 @@ impl Pool {
                 }
                 Ok::<(), std::convert::Infallible>(())
             });
-        let connected = timeout_at(
-            deadline,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
+        let connected = timeout_at(deadline, async {
+            self.command_client()
+                .await?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        })
         .await;
         let mut state = slot.state();
         match connected {
@@ -411,7 +487,11 @@ impl Pool {
         match timeout_at(deadline, call(lease.conn.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if breaks_connection(&e) && self.cluster.is_none() {
+                // With Sentinel, a `READONLY` answer means the connection
+                // reaches a demoted primary: reconnect through the Sentinels.
+                let demoted = self.sentinel.is_some()
+                    && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+                if (breaks_connection(&e) || demoted) && self.cluster.is_none() {
                     self.discard(&lease);
                 }
                 Err(map_error(e, self.timeout))

@@ -94,9 +94,12 @@ impl RedisScaler {
         if config.is_tls() {
             ensure_crypto_provider();
         }
-        let pool = match config.cluster_node_urls() {
-            Some(nodes) => Pool::new_cluster(nodes?, config.command_timeout)?,
-            None => {
+        let pool = match (config.cluster_node_urls(), config.sentinel_spec()) {
+            (Some(nodes), _) => Pool::new_cluster(nodes?, config.command_timeout)?,
+            (None, Some(spec)) => {
+                Pool::new_sentinel(spec?, config.pool_size, config.command_timeout)?
+            }
+            (None, None) => {
                 let client = redis::Client::open(config.url.as_str()).map_err(|e| {
                     ScalerError::InvalidArgument(format!(
                         "invalid redis URL {}: {e}",
@@ -144,9 +147,17 @@ impl RedisScaler {
         self.inner.pool.cluster_nodes().is_some()
     }
 
-    /// The script argument saying whether this is a cluster (`1`) or not (`0`).
+    /// The script argument saying how the server identifies itself: a
+    /// cluster (`1`: node id, sharded pub/sub), a Sentinel-watched primary
+    /// (`2`: run id), a single server (`0`: not at all).
     fn cluster_flag(&self) -> &'static str {
-        if self.is_cluster() { "1" } else { "0" }
+        if self.is_cluster() {
+            "1"
+        } else if self.inner.pool.is_sentinel() {
+            "2"
+        } else {
+            "0"
+        }
     }
 
     /// The registry's live registrations (JSON) and the ids found gone by this

@@ -80,8 +80,9 @@ local function now_ms()
 end
 ";
 
-/// On a Redis Cluster (`flag` = `1`): the id of the node running the script,
-/// else `''`. `meta` (HMGET e, n) belongs to a channel whose epoch must be new
+/// On a Redis Cluster (`flag` = `1`): the id of the node running the script;
+/// on a primary found through Sentinel (`2`): its run id (a replica promoted
+/// by Sentinel has another); else `''`. `meta` (HMGET e, n) belongs to a channel whose epoch must be new
 /// when a different node recorded it: a replica promoted after its primary
 /// failed may lack publications the primary already acknowledged (replication
 /// is asynchronous), and reusing their offsets under the old epoch would make
@@ -91,6 +92,9 @@ const NODE: &str = r"
 local function node_of(flag)
   if flag == '1' then
     return redis.call('CLUSTER', 'MYID')
+  end
+  if flag == '2' then
+    return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
   end
   return ''
 end
@@ -104,8 +108,9 @@ end
 /// KEYS: 1 meta hash (`e` epoch, `o` offset, `n` node id on a cluster),
 /// 2 history stream.
 /// ARGV: 1 payload, 2 history size, 3 TTL ms, 4 candidate epoch (used only when
-/// the channel needs a new one), 5 pub/sub channel, 6 cluster flag (`1`:
-/// sharded `SPUBLISH` and the node check, `0`: `PUBLISH`).
+/// the channel needs a new one), 5 pub/sub channel, 6 server flag (`1`: a
+/// cluster, sharded `SPUBLISH` and the node id check; `2`: Sentinel, the run
+/// id check; `0`: neither).
 /// Returns `{offset, epoch}` (offset as a decimal string).
 pub(crate) static PUBLISH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(format!(
@@ -130,7 +135,7 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local envelope = offset .. ':' .. epoch .. ':' .. ARGV[1]
-if node ~= '' then
+if ARGV[6] == '1' then
   redis.call('SPUBLISH', ARGV[5], envelope)
 else
   redis.call('PUBLISH', ARGV[5], envelope)

@@ -769,3 +769,198 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// A private Redis primary with one replica, watched by three Sentinels
+/// (quorum 2, `down-after-milliseconds` given), all on free loopback ports.
+/// The service is named `ss`.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The primary first, then the replica (by start order; roles change on
+    /// failover).
+    servers: Vec<Owned>,
+    sentinels: Vec<Owned>,
+    dirs: Vec<PathBuf>,
+}
+
+impl RedisSentinel {
+    /// The monitored service's name.
+    pub const SERVICE: &'static str = "ss";
+
+    /// Starts the primary, its replica and three Sentinels, and waits until
+    /// every Sentinel knows the replica and the other Sentinels.
+    pub fn start(down_after: Duration) -> Self {
+        let binary = require_binary("redis-server", "apt-get install -y redis-server");
+        let mut dirs = Vec::new();
+        let mut servers = Vec::new();
+        let mut primary_port = 0;
+        for i in 0..2 {
+            let port = free_port();
+            let dir = temp_dir("redis-sentinel-data");
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if i == 1 {
+                args.extend([
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    primary_port.to_string(),
+                ]);
+            }
+            let mut proc = Owned {
+                binary: binary.clone(),
+                args,
+                port,
+                name: "redis-server",
+                child: None,
+            };
+            proc.spawn_fresh();
+            if i == 0 {
+                primary_port = proc.port;
+            }
+            servers.push(proc);
+            dirs.push(dir);
+        }
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = temp_dir("redis-sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {svc} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {svc} {}\n\
+                     sentinel failover-timeout {svc} 5000\n\
+                     sentinel parallel-syncs {svc} 1\n",
+                    dir.display(),
+                    down_after.as_millis(),
+                    svc = Self::SERVICE,
+                ),
+            )
+            .expect("write sentinel.conf");
+            let mut proc = Owned {
+                binary: binary.clone(),
+                args: vec![conf.display().to_string(), "--sentinel".into()],
+                port,
+                name: "redis-sentinel",
+                child: None,
+            };
+            proc.spawn();
+            sentinels.push(proc);
+            dirs.push(dir);
+        }
+        let this = Self {
+            servers,
+            sentinels,
+            dirs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = this.sentinels.iter().all(|s| {
+                let info = redis_cli(s.port, &["SENTINEL", "MASTER", Self::SERVICE]);
+                let field = |name: &str| {
+                    let lines: Vec<&str> = info.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(0)
+                };
+                field("num-slaves") >= 1 && field("num-other-sentinels") >= 2
+            });
+            let synced = redis_cli(this.servers[1].port, &["INFO", "replication"])
+                .contains("master_link_status:up");
+            if ready && synced {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels did not discover the replica and each other within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        this
+    }
+
+    /// `redis+sentinel://` with every Sentinel and the service name.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), Self::SERVICE)
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let s = self.sentinels.iter().find(|s| s.child.is_some())?;
+        let out = redis_cli(
+            s.port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Kills (SIGKILL) the data server on `port`.
+    pub fn kill_server(&mut self, port: u16) {
+        if let Some(s) = self.servers.iter_mut().find(|s| s.port == port) {
+            s.kill();
+        }
+    }
+
+    /// Kills both data servers (the Sentinels keep running).
+    pub fn stop(&mut self) {
+        for s in &mut self.servers {
+            s.kill();
+        }
+    }
+
+    /// Starts the killed data servers again (empty; each with the role it was
+    /// started with) and waits until the Sentinels' primary answers.
+    pub fn start_again(&mut self) {
+        for s in &mut self.servers {
+            if s.child.is_none() {
+                s.spawn();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .primary_port()
+            .is_some_and(|p| redis_cli(p, &["ROLE"]).starts_with("master"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no primary 30 s after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for s in self.sentinels.iter_mut().chain(self.servers.iter_mut()) {
+            s.kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
