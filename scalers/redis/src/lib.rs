@@ -1,5 +1,6 @@
 //! The Redis backend of Scaled Sockets: a [`Scaler`](scaled_sockets_scaler::Scaler)
-//! that keeps cluster state in one Redis, or in a Redis Cluster
+//! that keeps cluster state in one Redis (possibly found through Sentinel:
+//! `redis+sentinel://host:port[,...]/service`), or in a Redis Cluster
 //! (`redis+cluster://host:port[,host:port...]`, Redis 7.0 or later).
 //!
 //! ```no_run
@@ -58,6 +59,9 @@
 //! wrote a channel and start a new epoch when another node runs them: a
 //! replica promoted after a failover may lack acknowledged publications, whose
 //! offsets must not be reused under the old epoch.
+//!
+//! With Sentinel, every (re)connect asks the Sentinels for the primary, and
+//! the scripts start a new epoch when a primary with another run id runs them.
 //!
 //! # Guarantees
 //!
