@@ -21,7 +21,7 @@ pub struct Args {
     /// HTTP + WebSocket address [default: 127.0.0.1:8080]
     #[arg(long, env = "SCALED_SOCKETS_LISTEN")]
     pub listen: Option<String>,
-    /// memory:// | redis://[:pass@]host:port[/db] | rediss://… | nats://host:port [default: memory://]
+    /// memory:// | redis://[:pass@]host:port[/db] | rediss://… | redis+cluster://[:pass@]host:port[,host:port…] | redis+sentinel://host:port[,…]/service | nats://host:port[,host:port…] [default: memory://]
     #[arg(long, env = "SCALED_SOCKETS_SCALER")]
     pub scaler: Option<String>,
     /// This instance's id in the cluster [default: a new UUID]
@@ -249,7 +249,7 @@ pub async fn scaler_from_url(url: &str, prefix: &str) -> Result<Arc<dyn Scaler>,
     match scheme {
         "memory" => Ok(Arc::new(MemoryScaler::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" => {
             let mut config = scaled_sockets_redis::RedisConfig::from_url(url)?;
             config.prefix = prefix.to_owned();
             Ok(Arc::new(
@@ -267,7 +267,7 @@ pub async fn scaler_from_url(url: &str, prefix: &str) -> Result<Arc<dyn Scaler>,
         _ => {
             let _ = prefix;
             Err(Error::Config(format!(
-                "unsupported scaler URL `{url}`: use memory://, redis://, rediss:// or nats:// \
+                "unsupported scaler URL `{url}`: use memory://, redis://, rediss://, redis+cluster://, redis+sentinel:// or nats:// \
                  (redis and nats need the crate features of the same name)"
             )))
         }

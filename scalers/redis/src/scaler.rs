@@ -94,13 +94,22 @@ impl RedisScaler {
         if config.is_tls() {
             ensure_crypto_provider();
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            ScalerError::InvalidArgument(format!(
-                "invalid redis URL {}: {e}",
-                config.redacted_url()
-            ))
-        })?;
-        let pool = Arc::new(Pool::new(client, config.pool_size, config.command_timeout)?);
+        let pool = match (config.cluster_node_urls(), config.sentinel_spec()) {
+            (Some(nodes), _) => Pool::new_cluster(nodes?, config.command_timeout)?,
+            (None, Some(spec)) => {
+                Pool::new_sentinel(spec?, config.pool_size, config.command_timeout)?
+            }
+            (None, None) => {
+                let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+                    ScalerError::InvalidArgument(format!(
+                        "invalid redis URL {}: {e}",
+                        config.redacted_url()
+                    ))
+                })?;
+                Pool::new(client, config.pool_size, config.command_timeout)?
+            }
+        };
+        let pool = Arc::new(pool);
         pool.warm_up().await?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.prefix, "redis scaler connected");
         let inner = Arc::new(Inner {
@@ -130,6 +139,25 @@ impl RedisScaler {
 
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// True on a Redis Cluster: sharded pub/sub, and a new epoch when another
+    /// node runs a channel's scripts.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.inner.pool.cluster_nodes().is_some()
+    }
+
+    /// The script argument saying how the server identifies itself: a
+    /// cluster (`1`: node id, sharded pub/sub), a Sentinel-watched primary
+    /// (`2`: run id), a single server (`0`: not at all).
+    fn cluster_flag(&self) -> &'static str {
+        if self.is_cluster() {
+            "1"
+        } else if self.inner.pool.is_sentinel() {
+            "2"
+        } else {
+            "0"
+        }
     }
 
     /// The registry's live registrations (JSON) and the ids found gone by this
@@ -170,6 +198,16 @@ impl Scaler for RedisScaler {
     }
 
     async fn open_feed(&self, instance_id: &str) -> Result<Feed> {
+        if self.is_cluster() {
+            return crate::shard_feed::open(
+                self.inner.pool.clone(),
+                self.keys().clone(),
+                self.feed_settings(),
+                self.inner.counters.clone(),
+                instance_id,
+            )
+            .await;
+        }
         feed::open(
             self.inner.pool.clone(),
             self.keys().clone(),
@@ -195,7 +233,8 @@ impl Scaler for RedisScaler {
             .arg(options.history_size.min(i64::MAX as usize))
             .arg(ms(options.history_ttl))
             .arg(new_epoch())
-            .arg(keys.topic_channel(&Topic::channel(channel)));
+            .arg(keys.topic_channel(&Topic::channel(channel)))
+            .arg(self.cluster_flag());
         let (offset, epoch): (String, String) = self.pool().script(&call).await?;
         let offset = offset.parse().map_err(|_| backend("publish offset"))?;
         Ok(StreamPosition::new(offset, epoch))
@@ -203,7 +242,11 @@ impl Scaler for RedisScaler {
 
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         check_send_topic(topic)?;
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
         cmd.arg(self.keys().topic_channel(topic))
             .arg(payload.as_ref());
         self.pool().query::<i64>(&cmd).await.map(drop)
@@ -225,6 +268,7 @@ impl Scaler for RedisScaler {
                 .arg(format!("{}-0", since.offset.saturating_add(1))),
             None => call.arg("").arg("").arg(0).arg(""),
         };
+        call.arg(self.cluster_flag());
         let reply: Value = self.pool().script(&call).await?;
         let Value::Array(items) = reply else {
             return Err(backend("history reply is not an array"));
