@@ -8,20 +8,32 @@
 //! instance at once) turns into waiting, never into errors. The kernel holds
 //! the waiting connections in the listen backlog (and clients retry their
 //! SYN when that is full), which costs the server nothing.
+//!
+//! A slot is held at most [`MAX_HOLD`]: a client that opens a socket and
+//! then stays silent (or is slow) must not keep the gate shut for everyone
+//! until its handshake timeout; past the hold it no longer counts, and the
+//! handshake and header timeouts still close it.
 
 use crate::rate_limit::TokenBucket;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Longest time one connection counts against `max_handshakes`.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(2);
 
 /// Handshake slot of one accepted connection. It travels with the
 /// connection (in the first request's extensions, then into the connection
 /// task) and frees the slot when dropped: at the end of the handshake, or
-/// when the HTTP connection ends without an upgrade.
+/// when the HTTP connection ends without an upgrade, or after the hold.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
-    // Shared only because request extensions must be `Clone`; the slot is
-    // released when the last clone is dropped. `None`: no bound on slots.
-    _permit: Option<Arc<OwnedSemaphorePermit>>,
+    // Shared because request extensions must be `Clone` and because the
+    // hold timer may take the permit first; the slot is released when the
+    // last clone is dropped or the timer fires. `None`: no bound on slots.
+    _permit: Option<Arc<Mutex<Option<OwnedSemaphorePermit>>>>,
 }
 
 /// The gate one accept loop waits on before each accept.
@@ -32,6 +44,8 @@ pub(crate) struct Admission {
     bucket: TokenBucket,
     /// Pause when no token is left: the time one token takes to refill.
     refill: Duration,
+    /// [`MAX_HOLD`], shorter in tests.
+    max_hold: Duration,
 }
 
 impl Admission {
@@ -50,6 +64,7 @@ impl Admission {
             slots,
             bucket: TokenBucket::new(rate, (rate / 10).max(1)),
             refill,
+            max_hold: MAX_HOLD,
         }
     }
 
@@ -58,7 +73,12 @@ impl Admission {
     pub(crate) async fn admit(&mut self) -> Slot {
         let permit = match &self.slots {
             // The semaphore is never closed, so `acquire_owned` cannot fail.
-            Some(slots) => slots.clone().acquire_owned().await.ok().map(Arc::new),
+            Some(slots) => slots
+                .clone()
+                .acquire_owned()
+                .await
+                .ok()
+                .map(|p| Arc::new(Mutex::new(Some(p)))),
             None => None,
         };
         while !self.bucket.try_take() {
@@ -66,6 +86,19 @@ impl Admission {
             // resolution) keeps the loop from spinning; the bucket counts
             // the time slept, so a 1 ms sleep still lets the rate through.
             tokio::time::sleep(self.refill).await;
+        }
+        if let Some(permit) = &permit {
+            // Weak: the timer must not keep a finished handshake's slot.
+            let held = Arc::downgrade(permit);
+            let max_hold = self.max_hold;
+            tokio::spawn(async move {
+                tokio::time::sleep(max_hold).await;
+                if let Some(held) = held.upgrade() {
+                    if let Ok(mut p) = held.lock() {
+                        p.take();
+                    }
+                }
+            });
         }
         Slot { _permit: permit }
     }
@@ -100,6 +133,20 @@ mod tests {
         let _c = tokio::time::timeout(Duration::from_millis(50), gate.admit())
             .await
             .expect("a freed slot admits at once");
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_holds_its_slot_only_so_long() {
+        let mut gate = Admission::new(1, 0);
+        gate.max_hold = Duration::from_millis(100);
+        let silent = gate.admit().await;
+        assert_eq!(gate.free(), 0);
+        let start = Instant::now();
+        let _next = tokio::time::timeout(Duration::from_secs(2), gate.admit())
+            .await
+            .expect("the hold ends");
+        assert!(start.elapsed() >= Duration::from_millis(80));
+        drop(silent);
     }
 
     #[tokio::test]

@@ -77,8 +77,9 @@ pub struct Config {
     /// owner (their instance died), to respawn them.
     pub core_scan_interval: Duration,
     /// Connections between their TCP accept and the end of their handshake
-    /// (`welcome` sent or refused) at once; 0 = no bound. Beyond it the
-    /// server stops accepting and connections wait in the listen backlog.
+    /// (`welcome` sent or refused) at once, each counted at most 2 s; 0 = no
+    /// bound. Beyond it the server stops accepting and connections wait in
+    /// the listen backlog.
     pub max_handshakes: usize,
     /// Connections accepted per second; 0 = no limit. Beyond it, too,
     /// connections wait rather than fail (a reconnect storm becomes a queue).
