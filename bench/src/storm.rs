@@ -122,6 +122,10 @@ pub struct StormReport {
     pub published: u64,
     pub publish_errors: u64,
     pub survivors: Vec<Survivor>,
+    /// Medians, in ms after the kill, of when clients noticed the lost
+    /// connection, started their successful attempt, had the WebSocket open,
+    /// and were back: where the time goes.
+    pub phases_median_ms: [f64; 4],
 }
 
 impl StormReport {
@@ -153,6 +157,10 @@ struct Shared {
     failure_samples: Mutex<Vec<String>>,
     /// Milliseconds after the kill at which each client was back.
     back_ms: Mutex<Vec<f64>>,
+    /// Where each client's time went, in ms after the kill: the lost
+    /// connection noticed, the successful attempt started, its WebSocket
+    /// open (TCP + upgrade answered), welcomed and subscribed (= back).
+    phases: Mutex<Vec<[f64; 4]>>,
     lost: AtomicU64,
     not_recovered: AtomicU64,
     out_of_order: AtomicU64,
@@ -374,12 +382,19 @@ async fn client_task(
         // The run ended before A was killed (it failed elsewhere).
         return;
     }
+    let killed_at = signals.killed_at.lock().ok().and_then(|k| *k);
+    let since_kill = || killed_at.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0);
+    let noticed = since_kill();
+    let mut started;
+    let mut opened = 0.0;
     let mut attempt = 0u32;
     loop {
         tokio::time::sleep(backoff(attempt, cfg.backoff_min, cfg.backoff_max)).await;
         let port = survivors[(client.index + attempt as usize) % 2];
+        started = since_kill();
         let outcome = async {
             client.ws = load::open(port, sources.next()).await?;
+            opened = since_kill();
             client.resume(&shared).await
         }
         .await;
@@ -394,11 +409,12 @@ async fn client_task(
             }
         }
     }
-    let killed_at = signals.killed_at.lock().ok().and_then(|k| *k);
-    if let Some(at) = killed_at {
-        if let Ok(mut b) = shared.back_ms.lock() {
-            b.push(at.elapsed().as_secs_f64() * 1000.0);
-        }
+    let back = since_kill();
+    if let Ok(mut b) = shared.back_ms.lock() {
+        b.push(back);
+    }
+    if let Ok(mut p) = shared.phases.lock() {
+        p.push([noticed, started, opened, back]);
     }
     shared.back.fetch_add(1, Ordering::Relaxed);
     client.pump(&shared, &mut signals.tops).await;
@@ -687,6 +703,13 @@ async fn storm(cfg: &Arc<StormConfig>, servers: &mut [Proc]) -> Result<StormRepo
         }
     }
 
+    let phases = shared.phases.lock().map(|p| p.clone()).unwrap_or_default();
+    let phase_median = |i: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let phases_median_ms = [0, 1, 2, 3].map(phase_median);
     let mut back_ms = shared.back_ms.lock().map(|b| b.clone()).unwrap_or_default();
     back_ms.sort_by(f64::total_cmp);
     let n = cfg.clients;
@@ -711,6 +734,7 @@ async fn storm(cfg: &Arc<StormConfig>, servers: &mut [Proc]) -> Result<StormRepo
         published,
         publish_errors: publish_errors.load(Ordering::Relaxed),
         survivors,
+        phases_median_ms,
     })
 }
 

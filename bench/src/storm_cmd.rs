@@ -58,6 +58,10 @@ fn print_run(i: usize, r: &StormReport) {
         r.published,
         r.publish_errors,
     );
+    let [noticed, started, opened, back] = r.phases_median_ms;
+    println!(
+        "         medians after the kill: noticed {noticed:.0} ms, last attempt started {started:.0} ms, WebSocket open {opened:.0} ms, back {back:.0} ms"
+    );
     for s in &r.survivors {
         println!(
             "         {}: RSS {:.1} -> peak {:.1} MiB, peak CPU {:.0} %, {:.2} CPU s",
