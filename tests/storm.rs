@@ -52,13 +52,17 @@ fn check(report: &StormReport) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_are_back_on_the_survivors_within_15_s() {
     let _serial = SERIAL.lock().await;
-    let report = storm::run(config("thousand", 1000))
+    let cfg = config("thousand", 1000);
+    let logs = cfg.logs.clone();
+    let report = storm::run(cfg)
         .await
         .unwrap_or_else(|e| panic!("storm: {e}"));
     eprintln!("{report:#?}");
     check(&report);
     let t100 = report.t100_ms.expect("all back");
     assert!(t100 <= 15_000.0, "100 % back after {t100} ms");
+    // The servers' logs stay behind only when the test fails.
+    let _ = std::fs::remove_dir_all(logs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,6 +75,7 @@ async fn a_tight_gate_makes_the_storm_wait_not_fail() {
     cfg.server_flags = ["--max-handshakes", "4", "--handshake-rate", "40"]
         .map(String::from)
         .to_vec();
+    let logs = cfg.logs.clone();
     let report = storm::run(cfg)
         .await
         .unwrap_or_else(|e| panic!("storm: {e}"));
@@ -81,4 +86,5 @@ async fn a_tight_gate_makes_the_storm_wait_not_fail() {
         t100 >= 4_500.0,
         "400 clients through 2 x 40 accepts/s cannot all be back in {t100} ms: is the gate applied?"
     );
+    let _ = std::fs::remove_dir_all(logs);
 }

@@ -149,6 +149,37 @@ struct Position {
     epoch: String,
 }
 
+impl Position {
+    /// Moves to a delivered publication. When `checked`, it must be the next
+    /// offset of the same epoch: a jump counts the skipped publications as
+    /// lost, a new epoch as not recovered, an old offset as out of order
+    /// (and is ignored).
+    fn advance(&mut self, offset: u64, epoch: &str, checked: bool, shared: &Shared) {
+        if epoch != self.epoch {
+            if checked {
+                shared.not_recovered.fetch_add(1, Ordering::Relaxed);
+            }
+            *self = Position {
+                offset,
+                epoch: epoch.to_owned(),
+            };
+            return;
+        }
+        if offset <= self.offset {
+            if checked {
+                shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if checked && offset > self.offset + 1 {
+            shared
+                .lost
+                .fetch_add(offset - self.offset - 1, Ordering::Relaxed);
+        }
+        self.offset = offset;
+    }
+}
+
 /// What every client task reports into.
 #[derive(Debug, Default)]
 struct Shared {
@@ -212,22 +243,7 @@ impl Client {
         }
         let offset = v["offset"].as_u64().unwrap_or(0);
         let epoch = v["epoch"].as_str().unwrap_or_default();
-        if self.positions {
-            if epoch != self.pos.epoch {
-                shared.not_recovered.fetch_add(1, Ordering::Relaxed);
-            } else if offset > self.pos.offset + 1 {
-                shared
-                    .lost
-                    .fetch_add(offset - self.pos.offset - 1, Ordering::Relaxed);
-            } else if offset <= self.pos.offset {
-                shared.out_of_order.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        self.pos = Position {
-            offset: offset.max(self.pos.offset),
-            epoch: epoch.to_owned(),
-        };
+        self.pos.advance(offset, epoch, self.positions, shared);
     }
 
     /// Handles frames until the socket ends (the instance died) or, once the
@@ -750,6 +766,33 @@ mod tests {
         assert!(first.iter().all(|d| *d <= Duration::from_millis(400)));
         assert!(first.iter().any(|d| *d < Duration::from_millis(100)));
         assert!((0..200).all(|_| backoff(30, min, max) <= max));
+    }
+
+    #[test]
+    fn positions_count_gaps_epochs_and_repeats() {
+        let shared = Shared::default();
+        let mut pos = Position {
+            offset: 5,
+            epoch: "e".into(),
+        };
+        pos.advance(6, "e", true, &shared);
+        assert_eq!(pos.offset, 6);
+        pos.advance(9, "e", true, &shared);
+        assert_eq!(shared.lost.load(Ordering::Relaxed), 2, "7 and 8 skipped");
+        pos.advance(9, "e", true, &shared);
+        pos.advance(4, "e", true, &shared);
+        assert_eq!(shared.out_of_order.load(Ordering::Relaxed), 2);
+        assert_eq!(pos.offset, 9);
+        pos.advance(1, "f", true, &shared);
+        assert_eq!(shared.not_recovered.load(Ordering::Relaxed), 1);
+        assert_eq!((pos.offset, pos.epoch.as_str()), (1, "f"));
+        // Unchecked (fresh subscribers): follows along, counts nothing.
+        let quiet = Shared::default();
+        pos.advance(7, "f", false, &quiet);
+        pos.advance(3, "g", false, &quiet);
+        assert_eq!(quiet.lost.load(Ordering::Relaxed), 0);
+        assert_eq!(quiet.not_recovered.load(Ordering::Relaxed), 0);
+        assert_eq!(pos.offset, 3);
     }
 
     #[test]
