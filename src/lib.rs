@@ -51,8 +51,11 @@
 //! - [`config`]: limits and timeouts with their defaults.
 //! - [`cli`]: the standalone server's flags, env and TOML config.
 //! - [`error`]: [`Error`], [`CommandError`] and the protocol [`ErrorCode`]s.
+//! - `admission` (private): the accept-path gate (handshakes in flight and
+//!   accepts per second) that makes a reconnect storm wait instead of fail.
 //! - [`metrics`], [`pattern`], [`rate_limit`], `shutdown`: small helpers.
 
+mod admission;
 pub mod app;
 pub mod auth;
 pub mod cli;

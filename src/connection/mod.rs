@@ -103,8 +103,12 @@ pub(crate) async fn serve_upgrade(
     endpoint: Endpoint,
     on_upgrade: hyper::upgrade::OnUpgrade,
     guard: DrainGuard,
+    slot: Option<crate::admission::Slot>,
 ) {
-    let Some((conn, ws)) = Box::pin(set_up(endpoint, on_upgrade)).await else {
+    let set_up = Box::pin(set_up(endpoint, on_upgrade)).await;
+    // The handshake is over (welcomed or failed): the next one may start.
+    drop(slot);
+    let Some((conn, ws)) = set_up else {
         return;
     };
     let (mut conn, mut ws) = (conn, ws);

@@ -12,7 +12,10 @@ use http_body_util::Full;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 impl ScaledSocketsService {
-    pub(super) fn upgrade<B>(&self, req: Request<B>) -> Response<ResponseBody> {
+    pub(super) fn upgrade<B>(&self, mut req: Request<B>) -> Response<ResponseBody> {
+        // The accept gate's slot (when served by `Server::serve`) goes with
+        // the socket, to be freed once the handshake is over.
+        let slot = req.extensions_mut().remove::<crate::admission::Slot>();
         let headers = req.headers();
         let has_token = |name: header::HeaderName, token: &str| {
             headers
@@ -52,7 +55,7 @@ impl ScaledSocketsService {
         let accept = derive_accept_key(key.as_bytes());
         let endpoint = self.endpoint.clone();
         let on_upgrade = hyper::upgrade::on(req);
-        tokio::spawn(connection::serve_upgrade(endpoint, on_upgrade, guard));
+        tokio::spawn(connection::serve_upgrade(endpoint, on_upgrade, guard, slot));
         let mut res = Response::new(Full::new(Bytes::new()));
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = res.headers_mut();

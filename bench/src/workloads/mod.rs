@@ -170,7 +170,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn git_short_head() -> String {
+pub fn git_short_head() -> String {
     Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -194,7 +194,7 @@ fn cpu_model() -> String {
 }
 
 /// The workspace root: the bench's manifest dir's parent.
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
