@@ -15,6 +15,8 @@
 //!   replies, server-side subscribe, disconnect).
 //! - [`registry`]: this instance's heartbeat in the scaler's registry and a
 //!   cached view of the live instances.
+//! - [`uploads`]: frames POSTed by HTTP-fallback clients, routed to the
+//!   instance holding the client's stream.
 //! - [`liveness`]: one timer for all connections: pings, idle and expiry closes.
 //!
 //! Lifecycle: [`Hub::start`] spawns the background tasks (feed, heartbeat,
@@ -30,6 +32,7 @@ mod liveness;
 mod peers;
 mod recovery;
 mod registry;
+mod uploads;
 
 use crate::{
     config::Config,
@@ -57,6 +60,8 @@ use tokio_util::sync::CancellationToken;
 use gaps::GapChecks;
 pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
+pub(crate) use uploads::Upload;
+use uploads::Uploads;
 
 /// One instance: its connections, their interest in topics, and its link to
 /// the cluster through the scaler.
@@ -72,6 +77,8 @@ pub(crate) struct Hub {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     remote_asks: RemoteAsks,
+    /// Inboxes of this instance's SSE streams, for POSTed frames.
+    uploads: Uploads,
     gap_checks: GapChecks,
     history_reads: HistoryReads,
     next_id: AtomicU64,
@@ -152,6 +159,7 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
+            uploads: Uploads::default(),
             gap_checks: GapChecks::default(),
             history_reads: HistoryReads::default(),
             next_id: AtomicU64::new(1),
