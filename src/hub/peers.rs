@@ -68,7 +68,7 @@ pub(crate) enum PeerMessage {
         reconnect: bool,
     },
     /// Frames POSTed by an HTTP-fallback client, for the instance holding
-    /// its stream; answered with an `AskReply` (`data` null when taken).
+    /// its stream; answered with an `AskReply` (`data` `true` when taken).
     Upload {
         session: String,
         client: String,

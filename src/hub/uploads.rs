@@ -152,7 +152,8 @@ impl Hub {
         let reply = match result {
             Ok(()) => PeerMessage::AskReply {
                 request,
-                data: RawValue::from_string("null".to_owned()).ok(),
+                // Not `null`: an absent `data` is how an error reply reads.
+                data: RawValue::from_string("true".to_owned()).ok(),
                 code: None,
                 message: None,
             },
