@@ -35,6 +35,11 @@ pub(crate) type SseBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infalli
 /// POSTs held while an earlier `seq` is missing; one more is refused.
 pub(crate) const MAX_EARLY_UPLOADS: usize = 64;
 
+/// Bytes of frames held while an earlier `seq` is missing, in frame limits:
+/// one stream cannot make its instance hold more than this however large
+/// its POSTs are.
+const MAX_EARLY_FRAME_LIMITS: usize = 64;
+
 /// A comment line every this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -117,6 +122,8 @@ struct Order {
     next: u64,
     /// POSTs that came before `next`'s, by `seq`.
     early: BTreeMap<u64, Vec<Box<RawValue>>>,
+    /// The size of the frames in `early`.
+    early_bytes: usize,
 }
 
 async fn run(conn: &mut Conn, tx: &Tx, mut inbox: mpsc::Receiver<Upload>, mut out: Vec<Utf8Bytes>) {
@@ -124,6 +131,7 @@ async fn run(conn: &mut Conn, tx: &Tx, mut inbox: mpsc::Receiver<Upload>, mut ou
     let mut order = Order {
         next: 1,
         early: BTreeMap::new(),
+        early_bytes: 0,
     };
     let mut keep_alive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
@@ -226,18 +234,22 @@ impl Order {
             return (Ok(()), None);
         }
         if seq > self.next {
-            if self.early.len() >= MAX_EARLY_UPLOADS {
+            let bytes: usize = frames.iter().map(|f| f.get().len()).sum();
+            let max_bytes = conn
+                .hub
+                .config
+                .max_frame_bytes
+                .saturating_mul(MAX_EARLY_FRAME_LIMITS);
+            if self.early.len() >= MAX_EARLY_UPLOADS || self.early_bytes + bytes > max_bytes {
                 return (
                     Err(CommandError::new(
                         ErrorCode::RateLimited,
-                        format!(
-                            "at most {MAX_EARLY_UPLOADS} POSTs ahead of seq {}",
-                            self.next
-                        ),
+                        format!("too many POSTs held ahead of seq {}", self.next),
                     )),
                     None,
                 );
             }
+            self.early_bytes += bytes;
             self.early.insert(seq, frames);
             return (Ok(()), None);
         }
@@ -248,7 +260,10 @@ impl Order {
                 return (Ok(()), Some(exit));
             }
             match self.early.remove(&self.next) {
-                Some(held) => frames = held,
+                Some(held) => {
+                    self.early_bytes -= held.iter().map(|f| f.get().len()).sum::<usize>();
+                    frames = held;
+                }
                 None => return (Ok(()), None),
             }
         }
