@@ -34,9 +34,16 @@ pub(crate) struct Upload {
     pub reply: oneshot::Sender<Result<(), CommandError>>,
 }
 
-/// The open streams of this instance: client id → (session, inbox).
+/// One open stream's entry: the session that owns it, and its inbox.
+#[derive(Debug)]
+struct Inbox {
+    session: Arc<str>,
+    tx: mpsc::Sender<Upload>,
+}
+
+/// The open streams of this instance, by client id.
 #[derive(Debug, Default)]
-pub(crate) struct Uploads(Mutex<HashMap<Arc<str>, (Arc<str>, mpsc::Sender<Upload>)>>);
+pub(crate) struct Uploads(Mutex<HashMap<Arc<str>, Inbox>>);
 
 impl Hub {
     /// Opens the inbox of a stream's connection; closed by [`Hub::close_uploads`].
@@ -46,7 +53,13 @@ impl Hub {
         session: &Arc<str>,
     ) -> mpsc::Receiver<Upload> {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        lock(&self.uploads.0).insert(client.clone(), (session.clone(), tx));
+        lock(&self.uploads.0).insert(
+            client.clone(),
+            Inbox {
+                session: session.clone(),
+                tx,
+            },
+        );
         rx
     }
 
@@ -109,7 +122,7 @@ impl Hub {
         let inbox = match lock(&self.uploads.0).get(client) {
             // The same answer for a wrong session as for no stream: a forged
             // session learns nothing about which clients exist.
-            Some((owner, inbox)) if **owner == *session => inbox.clone(),
+            Some(inbox) if *inbox.session == *session => inbox.tx.clone(),
             _ => return Err(CommandError::not_found("no such stream")),
         };
         let (reply, answer) = oneshot::channel();
