@@ -180,6 +180,27 @@ describe("HTTP fallback through nginx that refuses WebSocket upgrades", { timeou
     }
   });
 
+  test("the same through nginx: seq 3 before seq 2, retries and a forged session", async () => {
+    const s = await openStream(nginx.url);
+    try {
+      const { session, client: id } = s.welcome;
+      const send = (seq, frames, sess = session) => post(nginx.url, { session: sess, client: id, seq, frames });
+      assert.equal(await send(1, [{ type: "subscribe", id: 1, channel: "sse:nginx-order" }]), 204);
+      await waitFor(() => s.frames.find((f) => f.type === "reply" && f.id === 1), 5000, "subscribed");
+      assert.equal(await send(3, [{ type: "publish", id: 3, channel: "sse:nginx-order", data: "b" }]), 204);
+      assert.equal(await send(2, [{ type: "publish", id: 2, channel: "sse:nginx-order", data: "a" }]), 204);
+      for (let i = 0; i < 3; i++) {
+        assert.equal(await send(2, [{ type: "publish", id: 10 + i, channel: "sse:nginx-order", data: "dup" }]), 204);
+        assert.equal(await send(4, [], "forged"), 404);
+      }
+      await waitFor(() => s.frames.filter((f) => f.type === "message").length >= 2, 5000, "2 messages");
+      await sleep(300);
+      assert.deepEqual(s.frames.filter((f) => f.type === "message").map((f) => f.data), ["a", "b"]);
+    } finally {
+      s.close();
+    }
+  });
+
   test("kill -9 of the streams' instance: clients resume on another over SSE, nothing lost", async () => {
     const N = 9;
     const total = 300;
