@@ -28,10 +28,11 @@
 //!
 //! - [`server`]: [`Server`]: start, serve with graceful drain, or mount as a
 //!   service; dropping it leaves the cluster.
-//! - [`http`]: the routes (`/ws`, probes, `/metrics`, `/api/*`) as a hyper and
-//!   tower service.
+//! - [`http`]: the routes (`/ws`, the HTTP fallback `/sse`, probes, `/metrics`,
+//!   `/api/*`) as a hyper and tower service.
 //! - `connection` (private): one client connection's task: handshake,
-//!   commands, subscriptions with gap repair, the socket loop.
+//!   commands, subscriptions with gap repair, the socket loop, and the same
+//!   connection over the HTTP fallback.
 //! - `hub` (private): one instance's local state and cluster link: interest
 //!   and fan-out, the feed dispatcher, peer messages, registry, liveness.
 //! - `mailbox` (private): a connection's shared handle and bounded outbound

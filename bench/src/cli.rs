@@ -73,8 +73,12 @@ pub struct RunArgs {
     /// The demo example binary, for W4 and W8 [default: <workspace>/target/release/examples/demo]
     #[arg(long)]
     pub demo_bin: Option<PathBuf>,
-    /// Comma-separated workloads: W1,W2,W3,W4,W5,W6,W7,W8
-    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7,W8")]
+    /// Comma-separated workloads: W1,W2,W3,W4,W5,W6,W7,W8,W9
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "W1,W2,W3,W4,W5,W6,W7,W8,W9"
+    )]
     pub workloads: Vec<String>,
     /// Interleaved runs per workload (ours, floor, ours, floor, ...); medians are reported
     #[arg(long, default_value_t = 3)]

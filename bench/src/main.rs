@@ -10,7 +10,7 @@
 //! - [`load`] — the load client (source-address spreading, handshake, subscribers,
 //!   publishers).
 //! - [`publisher`] — publishers with a fixed number of publishes in flight.
-//! - [`workloads`] — W1..W8.
+//! - [`workloads`] — W1..W9.
 //! - [`floor`] — the floor server (`bench floor ...`, started by the bench itself).
 //! - [`storm_cmd`] — `bench storm`, the reconnect storm (the driver itself is
 //!   in the library, [`scaled_sockets_bench::storm`], shared with tests/storm.rs).

@@ -3,8 +3,9 @@
 
 use super::{
     Conn,
-    io::{Socket, send_close, send_frame},
+    io::Socket,
     session,
+    transport::Transport,
 };
 use crate::{
     app::App,
@@ -23,6 +24,14 @@ use std::{
     sync::Arc,
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+async fn send_frame(t: &mut impl Transport, frame: String) -> bool {
+    t.send_frame(frame.into()).await
+}
+
+async fn send_close(t: &mut impl Transport, code: u16, reason: &str) {
+    t.send_close(code, reason).await;
+}
 
 /// What `connect` asked for besides authentication.
 pub(super) struct ConnectRequest {
@@ -65,7 +74,18 @@ pub(super) async fn handshake(
             Ok(Some(Ok(_))) => continue,
         }
     };
-    let (token, session, subscriptions) = match protocol::parse_client_frame(&text) {
+    authenticate(app, ws, &text, deadline).await
+}
+
+/// Parses the `connect` frame and authenticates it, whatever transport
+/// carried it (a WebSocket frame, or the query of an SSE stream).
+pub(super) async fn authenticate(
+    app: &App,
+    ws: &mut impl Transport,
+    text: &str,
+    deadline: tokio::time::Instant,
+) -> Option<(Identity, ConnectRequest)> {
+    let (token, session, subscriptions) = match protocol::parse_client_frame(text) {
         Ok(ClientFrame::Connect {
             id: _,
             token,
@@ -143,7 +163,7 @@ pub(super) async fn welcome(
     hub: Arc<Hub>,
     app: Arc<App>,
     cores: Arc<crate::cores::Cores>,
-    ws: &mut Socket,
+    ws: &mut impl Transport,
     identity: Identity,
     connect: ConnectRequest,
 ) -> Option<Conn> {
@@ -267,7 +287,7 @@ pub(super) async fn welcome(
         conn.server_subscribe(request, &mut out);
     }
     for frame in out {
-        if !send_frame(ws, frame).await {
+        if !ws.send_frame(frame).await {
             conn.cleanup();
             return None;
         }

@@ -6,9 +6,7 @@ use super::{
     response::{ResponseBody, text},
 };
 use crate::connection;
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 impl ScaledSocketsService {
@@ -56,7 +54,7 @@ impl ScaledSocketsService {
         let endpoint = self.endpoint.clone();
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(connection::serve_upgrade(endpoint, on_upgrade, guard, slot));
-        let mut res = Response::new(Full::new(Bytes::new()));
+        let mut res = Response::new(ResponseBody::default());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = res.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

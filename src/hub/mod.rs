@@ -17,6 +17,8 @@
 //!   (lookups answered by each instance), and asking or disconnecting them.
 //! - [`registry`]: this instance's heartbeat in the scaler's registry and a
 //!   cached view of the live instances.
+//! - [`uploads`]: frames POSTed by HTTP-fallback clients, routed to the
+//!   instance holding the client's stream.
 //! - [`liveness`]: one timer for all connections: pings, idle and expiry closes.
 //!
 //! Lifecycle: [`Hub::start`] spawns the background tasks (feed, heartbeat,
@@ -33,6 +35,7 @@ mod liveness;
 mod peers;
 mod recovery;
 mod registry;
+mod uploads;
 
 use crate::{
     config::Config,
@@ -62,6 +65,8 @@ pub use directory::{ConnectionInfo, ConnectionList, MAX_LISTED_PER_INSTANCE};
 use gaps::GapChecks;
 pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
+pub(crate) use uploads::Upload;
+use uploads::Uploads;
 
 /// One instance: its connections, their interest in topics, and its link to
 /// the cluster through the scaler.
@@ -79,6 +84,8 @@ pub(crate) struct Hub {
     remote_asks: RemoteAsks,
     /// Connection lookups sent to other instances, awaiting their answers.
     lookups: directory::Lookups,
+    /// Inboxes of this instance's SSE streams, for POSTed frames.
+    uploads: Uploads,
     gap_checks: GapChecks,
     history_reads: HistoryReads,
     next_id: AtomicU64,
@@ -160,6 +167,7 @@ impl Hub {
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
             lookups: directory::Lookups::default(),
+            uploads: Uploads::default(),
             gap_checks: GapChecks::default(),
             history_reads: HistoryReads::default(),
             next_id: AtomicU64::new(1),

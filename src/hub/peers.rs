@@ -80,6 +80,16 @@ pub(crate) enum PeerMessage {
         #[serde(default)]
         truncated: bool,
     },
+    /// Frames POSTed by an HTTP-fallback client, for the instance holding
+    /// its stream; answered with an `AskReply` (`data` `true` when taken).
+    Upload {
+        session: String,
+        client: String,
+        seq: u64,
+        frames: Vec<Box<RawValue>>,
+        request: u64,
+        reply_to: String,
+    },
     /// A message of the cores layer (`crate::cores`), opaque to the hub: it
     /// is handed to the registered [`CoreSink`] in arrival order.
     Core {
@@ -100,7 +110,9 @@ pub(crate) trait CoreSink: Send + Sync + 'static {
 /// Asks this instance sent to connections on other instances, waiting for
 /// their reply, by request number.
 #[derive(Debug, Default)]
-pub(crate) struct RemoteAsks(Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>);
+pub(crate) struct RemoteAsks(
+    pub(super) Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>,
+);
 
 impl Hub {
     /// Registers the cores layer as the receiver of core messages (once).
@@ -249,6 +261,7 @@ impl Hub {
             } => self.answer_lookup(whose, request, reply_to).await,
             reply @ PeerMessage::LookupReply { .. } => self.complete_lookup(reply),
             PeerMessage::Core { body } => self.deliver_core(body),
+            upload @ PeerMessage::Upload { .. } => self.answer_upload(upload).await,
         }
     }
 

@@ -1,7 +1,7 @@
 // One demo instance (memory scaler): the API against a real server.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Client, ScaledSocketsError, socketUrl, backoffDelay } from "../scaled-sockets.js";
+import { Client, ScaledSocketsError, socketUrl, httpBase, backoffDelay } from "../scaled-sockets.js";
 import { WebSocket, deferred, freePort, makeJwt, sleep, startServer, stopAll, waitFor } from "./helpers.js";
 
 const opts = (extra = {}) => ({ WebSocket, reconnect: { minMs: 50, maxMs: 500 }, ...extra });
@@ -378,6 +378,12 @@ describe("tokens", () => {
 });
 
 describe("helpers", () => {
+  test("httpBase maps base URLs to the HTTP fallback's base", () => {
+    assert.equal(httpBase("ws://h:1/ws"), "http://h:1");
+    assert.equal(httpBase("wss://h/app/ws"), "https://h/app");
+    assert.equal(httpBase("http://h:1/"), "http://h:1");
+  });
+
   test("socketUrl maps base URLs to the /ws endpoint", () => {
     assert.equal(socketUrl("http://h:1"), "ws://h:1/ws");
     assert.equal(socketUrl("https://h/app/"), "wss://h/app/ws");
@@ -385,7 +391,8 @@ describe("helpers", () => {
     assert.equal(socketUrl("wss://h:1/ws"), "wss://h:1/ws");
     assert.throws(() => socketUrl("ftp://h"), { code: "bad_request" });
     assert.throws(() => new Client("not a url", opts()), { code: "bad_request" });
-    assert.throws(() => new Client("http://h", opts({ transports: ["sse"] })), { code: "bad_request" });
+    assert.ok(new Client("http://h", opts({ transports: ["sse"] })), "the HTTP fallback alone is a valid choice");
+    assert.throws(() => new Client("http://h", opts({ transports: [] })), { code: "bad_request" });
     assert.throws(() => new Client("http://h", opts({ transports: ["carrier-pigeon"] })), { code: "bad_request" });
   });
 
