@@ -1,12 +1,7 @@
 //! The start of a connection: waiting for `connect`, authenticating it,
 //! resuming or creating the session, registering with the hub, `welcome`.
 
-use super::{
-    Conn,
-    io::Socket,
-    session,
-    transport::Transport,
-};
+use super::{Conn, io::Socket, session, transport::Transport};
 use crate::{
     app::App,
     auth::Identity,
