@@ -165,4 +165,5 @@ pub use config::{
     DEFAULT_SWEEP_INTERVAL, RedisConfig,
 };
 pub use scaler::RedisScaler;
+pub use scripts::publish_script_source;
 pub use stats::RedisStats;

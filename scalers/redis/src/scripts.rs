@@ -145,6 +145,12 @@ return {{offset, epoch}}
     ))
 });
 
+/// The publish script's source, for tools that drive it without the scaler
+/// (the benchmark's `redis-benchmark` run): KEYS and ARGV as for [`PUBLISH`].
+pub fn publish_script_source() -> &'static str {
+    &PUBLISH.source
+}
+
 /// History: the channel's top (creating its epoch if missing) and, with a
 /// `since` position, the publications after it when all of them are still held.
 ///
