@@ -2,7 +2,7 @@
 //! instances) keep their own saved positions; a resume restores the channels
 //! of the connections that are no longer open (closed, or on an instance
 //! that died without a word), from the positions they saved, and not those
-//! of a tab still open; `resumed:true` only when something came back; every
+//! of a tab still open; `resumed:true` whenever a live session is joined; every
 //! record expires with the resume window. In-memory scaler, private Redis and NATS.
 
 mod support;
@@ -81,12 +81,12 @@ async fn two_tabs_keep_their_own_positions(scaler: Arc<dyn Scaler>) {
     subscribe(&mut tab1, 1, "tab-one").await;
     subscribe(&mut tab1, 2, "shared").await;
 
-    // The second tab joins the live session: nothing of the first tab's
-    // comes back (it is open), so `resumed` is false, but the session is one.
+    // The second tab joins the live session (`resumed`), but nothing of the
+    // first tab's comes back: it is open.
     let (mut tab2, w2) =
         Raw::connect_with(&b.url(), json!({"type":"connect","session":session})).await;
     assert_eq!(w2["session"], session.as_str());
-    assert_eq!(w2["resumed"], false, "{w2}");
+    assert_eq!(w2["resumed"], true, "{w2}");
     assert_eq!(
         pushed_channels(&mut tab2, Duration::from_millis(300)).await,
         Vec::<String>::new()
@@ -279,8 +279,9 @@ async fn a_dead_instances_tab_is_restored(scaler: Arc<dyn Scaler>) {
     let _ = scaler.unregister_instance("dead-ghost").await;
 }
 
-/// Nothing to restore: the session goes on, `resumed:false`.
-async fn nothing_restored_is_not_resumed(scaler: Arc<dyn Scaler>) {
+/// A live session with nothing to restore is still resumed (the same
+/// session, its data); an unknown one is not: a new session starts.
+async fn a_live_session_is_resumed_an_unknown_one_is_not(scaler: Arc<dyn Scaler>) {
     let a = TestServer::start(config("empty-a"), scaler.clone(), demo_app()).await;
     let (raw, w) = Raw::connect(&a.url()).await;
     let session = w["session"].as_str().unwrap().to_owned();
@@ -288,15 +289,11 @@ async fn nothing_restored_is_not_resumed(scaler: Arc<dyn Scaler>) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_raw, w) = Raw::connect_with(&a.url(), json!({"type":"connect","session":session})).await;
     assert_eq!(w["session"], session.as_str());
-    assert_eq!(w["resumed"], false, "{w}");
-    // Session data counts as something.
-    a.sockets
-        .session_data(&session)
-        .set("k", &Data::json(&json!(1)).unwrap())
-        .await
-        .unwrap();
-    let (_raw2, w) = Raw::connect_with(&a.url(), json!({"type":"connect","session":session})).await;
     assert_eq!(w["resumed"], true, "{w}");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (_raw2, w) = Raw::connect_with(&a.url(), json!({"type":"connect","session":unknown})).await;
+    assert_eq!(w["resumed"], false, "{w}");
+    assert_ne!(w["session"], unknown.as_str());
 }
 
 /// Two closed tabs held one channel at different positions: a resume
@@ -362,8 +359,8 @@ async fn memory_a_dead_instances_tab_is_restored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_nothing_restored_is_not_resumed() {
-    nothing_restored_is_not_resumed(Arc::new(MemoryScaler::new())).await;
+async fn memory_a_live_session_is_resumed_an_unknown_one_is_not() {
+    a_live_session_is_resumed_an_unknown_one_is_not(Arc::new(MemoryScaler::new())).await;
 }
 
 async fn redis(redis: &RedisServer, prefix: &str) -> Arc<dyn Scaler> {
@@ -385,9 +382,9 @@ async fn redis_a_dead_instances_tab_is_restored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_nothing_restored_is_not_resumed() {
+async fn redis_a_live_session_is_resumed_an_unknown_one_is_not() {
     let server = RedisServer::start();
-    nothing_restored_is_not_resumed(redis(&server, "empty").await).await;
+    a_live_session_is_resumed_an_unknown_one_is_not(redis(&server, "empty").await).await;
 }
 
 async fn nats(server: &NatsServer, prefix: &str) -> Arc<dyn Scaler> {

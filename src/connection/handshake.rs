@@ -167,12 +167,13 @@ pub(super) async fn welcome(
     let mut resumed = false;
     let mut session_id = None;
     if let Some(requested) = connect.session.as_deref() {
-        // A live session is joined even when nothing comes back (another
-        // tab holds its subscriptions): `resumed` says whether something did.
+        // A live session is joined, and `resumed` says so, even when none of
+        // its subscriptions come back (the tabs holding them are open): its
+        // data and its identity are the session's.
         if let Some(found) = session::restore(&hub, requested, &identity.user).await {
             restored = found.subscriptions;
             taken = found.taken;
-            resumed = found.resumed;
+            resumed = true;
             session_id = Some(requested.to_owned());
         }
     }

@@ -74,8 +74,6 @@ pub(super) struct Restored {
     /// The records of closed connections taken over (deleted once this
     /// connection's own record is written).
     pub(super) taken: Vec<String>,
-    /// Something came back: subscriptions, or session data.
-    pub(super) resumed: bool,
 }
 
 /// Reads session `requested`. It resumes only for the same user: knowing an
@@ -131,11 +129,9 @@ pub(super) async fn restore(hub: &Hub, requested: &str, user: &Option<String>) -
         }
         taken.push(key);
     }
-    let resumed = !subscriptions.is_empty() || has_data(hub, requested).await;
     Some(Restored {
         subscriptions,
         taken,
-        resumed,
     })
 }
 
@@ -168,14 +164,6 @@ async fn open_connections(
             HashSet::new()
         }
     }
-}
-
-/// True when the session has data (a failed read counts as none).
-async fn has_data(hub: &Hub, session: &str) -> bool {
-    crate::SessionData::new(hub.scaler.clone(), session, hub.config.resume_window)
-        .exists()
-        .await
-        .unwrap_or(false)
 }
 
 /// Adds `request` to `into`, keeping for each channel the oldest position
