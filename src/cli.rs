@@ -24,7 +24,7 @@ pub struct Args {
     /// HTTP + WebSocket address [default: 127.0.0.1:8080]
     #[arg(long, env = "SCALED_SOCKETS_LISTEN")]
     pub listen: Option<String>,
-    /// memory:// | redis://[:pass@]host:port[/db] | rediss://… | nats://host:port [default: memory://]
+    /// memory:// | redis://[:pass@]host:port[/db] | rediss://… | redis+cluster://[:pass@]host:port[,host:port…] | redis+sentinel://host:port[,…]/service | nats://host:port[,host:port…] [default: memory://]
     #[arg(long, env = "SCALED_SOCKETS_SCALER")]
     pub scaler: Option<String>,
     /// This instance's id in the cluster [default: a new UUID]
@@ -98,6 +98,12 @@ pub struct Args {
     /// Period of the check of every subscribed channel against its stream's top, in ms [default: 10000]
     #[arg(long, env = "SCALED_SOCKETS_GAP_CHECK_INTERVAL_MS")]
     pub gap_check_interval_ms: Option<u64>,
+    /// Connections between accept and the end of their handshake at once; more wait in the listen backlog, 0 = no bound [default: 256]
+    #[arg(long, env = "SCALED_SOCKETS_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+    /// Connections accepted per second; more wait in the listen backlog, 0 = no limit [default: 2000]
+    #[arg(long, env = "SCALED_SOCKETS_HANDSHAKE_RATE")]
+    pub handshake_rate: Option<u32>,
     /// Prefix of every key and channel in the scaler backend [default: ss]
     #[arg(long, env = "SCALED_SOCKETS_SCALER_PREFIX")]
     pub scaler_prefix: Option<String>,
@@ -134,6 +140,8 @@ struct FileConfig {
     subscribe_rate: Option<u32>,
     max_presence: Option<usize>,
     gap_check_interval_ms: Option<u64>,
+    max_handshakes: Option<usize>,
+    handshake_rate: Option<u32>,
     scaler_prefix: Option<String>,
 }
 
@@ -199,6 +207,8 @@ impl Args {
         take!(subscribe_rate => config.subscribe_rate, |v| v);
         take!(max_presence => config.max_presence, |v| v);
         take!(gap_check_interval_ms => config.gap_check_interval, Duration::from_millis);
+        take!(max_handshakes => config.max_handshakes, |v| v);
+        take!(handshake_rate => config.handshake_rate, |v| v);
         if config.max_in_flight == 0 || config.gap_check_interval.is_zero() {
             return Err(Error::Config(
                 "max-in-flight and gap-check-interval-ms must be > 0".into(),
@@ -263,7 +273,7 @@ pub async fn scaler_from_url(url: &str, prefix: &str) -> Result<Arc<dyn Scaler>,
     match scheme {
         "memory" => Ok(Arc::new(MemoryScaler::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" => {
             let mut config = scaled_sockets_redis::RedisConfig::from_url(url)?;
             config.prefix = prefix.to_owned();
             Ok(Arc::new(
@@ -281,7 +291,7 @@ pub async fn scaler_from_url(url: &str, prefix: &str) -> Result<Arc<dyn Scaler>,
         _ => {
             let _ = prefix;
             Err(Error::Config(format!(
-                "unsupported scaler URL `{url}`: use memory://, redis://, rediss:// or nats:// \
+                "unsupported scaler URL `{url}`: use memory://, redis://, rediss://, redis+cluster://, redis+sentinel:// or nats:// \
                  (redis and nats need the crate features of the same name)"
             )))
         }
@@ -338,7 +348,7 @@ async fn run_inner(app: App, args: Args) -> Result<(), Error> {
         .listen
         .parse()
         .map_err(|e| Error::Config(format!("--listen {}: {e}", settings.listen)))?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     let local = listener.local_addr()?;
     let mut config = settings.config;
     config.advertised_address = local.to_string();
@@ -346,6 +356,26 @@ async fn run_inner(app: App, args: Args) -> Result<(), Error> {
     let server = Server::start(config, scaler, app).await?;
     tracing::info!("listening on {local}");
     server.serve(listener, shutdown_signal()).await
+}
+
+/// Connections the kernel may queue for `accept` (capped by the system's
+/// `net.core.somaxconn`). Large, because the accept gate leaves a reconnect
+/// storm waiting there; a full backlog makes clients retry their SYN, later.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` with a [`LISTEN_BACKLOG`]-deep accept queue.
+pub fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do: a restarted server can take its port
+    // back while old connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
 }
 
 /// Resolves on SIGTERM or SIGINT.

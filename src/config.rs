@@ -82,6 +82,14 @@ pub struct Config {
     /// How often each instance looks for cores that should run but have no
     /// owner (their instance died), to respawn them.
     pub core_scan_interval: Duration,
+    /// Connections between their TCP accept and the end of their handshake
+    /// (`welcome` sent or refused) at once, each counted at most 2 s; 0 = no
+    /// bound. Beyond it the server stops accepting and connections wait in
+    /// the listen backlog.
+    pub max_handshakes: usize,
+    /// Connections accepted per second; 0 = no limit. Beyond it, too,
+    /// connections wait rather than fail (a reconnect storm becomes a queue).
+    pub handshake_rate: u32,
 }
 
 impl Default for Config {
@@ -117,6 +125,8 @@ impl Default for Config {
             api_key: None,
             core_lease_ttl: Duration::from_secs(5),
             core_scan_interval: Duration::from_secs(1),
+            max_handshakes: 256,
+            handshake_rate: 2000,
         }
     }
 }

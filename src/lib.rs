@@ -28,10 +28,11 @@
 //!
 //! - [`server`]: [`Server`]: start, serve with graceful drain, or mount as a
 //!   service; dropping it leaves the cluster.
-//! - [`http`]: the routes (`/ws`, probes, `/metrics`, `/api/*`) as a hyper and
-//!   tower service.
+//! - [`http`]: the routes (`/ws`, the HTTP fallback `/sse`, probes, `/metrics`,
+//!   `/api/*`) as a hyper and tower service.
 //! - `connection` (private): one client connection's task: handshake,
-//!   commands, subscriptions with gap repair, the socket loop.
+//!   commands, subscriptions with gap repair, the socket loop, and the same
+//!   connection over the HTTP fallback.
 //! - `hub` (private): one instance's local state and cluster link: interest
 //!   and fan-out, the feed dispatcher, peer messages, registry, liveness.
 //! - `mailbox` (private): a connection's shared handle and bounded outbound
@@ -51,8 +52,11 @@
 //! - [`config`]: limits and timeouts with their defaults.
 //! - [`cli`]: the standalone server's flags, env and TOML config.
 //! - [`error`]: [`Error`], [`CommandError`] and the protocol [`ErrorCode`]s.
+//! - `admission` (private): the accept-path gate (handshakes in flight and
+//!   accepts per second) that makes a reconnect storm wait instead of fail.
 //! - [`metrics`], [`pattern`], [`rate_limit`], `shutdown`: small helpers.
 
+mod admission;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -86,4 +90,4 @@ pub use pattern::Permission;
 pub use scaled_sockets_scaler::{self as scaler, MemoryScaler, Scaler, StreamPosition};
 pub use server::Server;
 pub use session_data::SessionData;
-pub use sockets::Sockets;
+pub use sockets::{ConnectionInfo, ConnectionList, Sockets};

@@ -275,6 +275,11 @@ impl Mailbox {
         self.waker.wake();
     }
 
+    /// True once the connection was told to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
     /// Ready once killed; registers the task to be woken otherwise.
     pub(crate) fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> bool {
         if self.killed.load(Ordering::Acquire) {

@@ -29,8 +29,14 @@ macro_rules! metrics {
 }
 
 metrics! {
-    /// Open, welcomed WebSocket connections.
+    /// Open, welcomed connections (WebSocket and HTTP fallback).
     connections: "gauge",
+    /// Open HTTP-fallback event streams (also counted in `connections`).
+    sse_streams: "gauge",
+    /// POSTs of HTTP-fallback frames received by this instance.
+    sse_posts_total: "counter",
+    /// Of those, POSTs forwarded to the instance holding the stream.
+    sse_posts_forwarded_total: "counter",
     /// Connections welcomed since start.
     connections_total: "counter",
     /// Connections closed because their outbound queue was full.

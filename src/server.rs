@@ -2,6 +2,7 @@
 //! gracefully.
 
 use crate::{
+    admission::{Admission, Slot},
     app::App,
     config::Config,
     connection::Endpoint,
@@ -14,7 +15,11 @@ use crate::{
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use scaled_sockets_scaler::{Scaler, TimeoutScaler};
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +91,10 @@ impl Server {
     /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
     /// drains. While draining it keeps answering, so new upgrades and `/readyz`
     /// get 503 rather than a refused connection.
+    ///
+    /// Accepting goes through a gate ([`Config::max_handshakes`] handshakes
+    /// in flight, [`Config::handshake_rate`] accepts per second): beyond it,
+    /// connections wait in the listen backlog instead of being refused.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -98,11 +107,13 @@ impl Server {
             stop_http: CancellationToken::new(),
             http_root: crate::shutdown::drain_pair(),
         };
+        let config = &self.endpoint.hub.config;
+        let mut gate = Admission::new(config.max_handshakes, config.handshake_rate);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => accept.handle(accepted).await,
+                (slot, accepted) = admitted(&mut gate, &listener) => accept.handle(accepted, slot).await,
             }
         }
         tracing::info!("draining");
@@ -111,7 +122,7 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut drain => break,
-                accepted = listener.accept() => accept.handle(accepted).await,
+                (slot, accepted) = admitted(&mut gate, &listener) => accept.handle(accepted, slot).await,
             }
         }
         drop(listener);
@@ -122,6 +133,20 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Waits for the gate, then accepts. The slot is taken before `accept`, so
+/// while the gate is shut connections stay in the kernel's listen backlog.
+/// Dropping this future (shutdown won the race) gives the slot back.
+async fn admitted(
+    gate: &mut Admission,
+    listener: &TcpListener,
+) -> (
+    Slot,
+    std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+) {
+    let slot = gate.admit().await;
+    (slot, listener.accept().await)
 }
 
 /// Hands the cores over (within a third of the drain bound), then drains
@@ -143,6 +168,7 @@ impl Acceptor {
     async fn handle(
         &self,
         accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+        slot: Slot,
     ) {
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -155,10 +181,23 @@ impl Acceptor {
             }
         };
         let _ = stream.set_nodelay(true);
+        // The first request carries the handshake slot (an upgrade hands it
+        // to the connection task, any other request frees it when answered);
+        // a connection that sends no request holds it until hyper's header
+        // read timeout closes it.
+        let first = Mutex::new(Some(slot));
+        let service = self.service.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(slot) = first.lock().ok().and_then(|mut s| s.take()) {
+                    req.extensions_mut().insert(slot);
+                }
+                hyper::service::Service::call(&service, req)
+            });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), self.service.clone())
+            .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = self.stop_http.clone();
         let guard = self.http_root.0.clone();

@@ -4,13 +4,15 @@ use crate::{
     cores::{CoreInfo, Cores},
     data::Data,
     error::CommandError,
-    hub::{Hub, PeerMessage},
+    hub::{Hub, PeerMessage, Whose},
     protocol,
     session_data::SessionData,
 };
 use bytes::Bytes;
 use scaled_sockets_scaler::{InstanceInfo, PresenceEntry, Scaler, StreamPosition, Topic};
 use std::{fmt, sync::Arc, time::Duration};
+
+pub use crate::hub::{ConnectionInfo, ConnectionList, MAX_LISTED_PER_INSTANCE};
 
 /// The application's handle on the cluster: publish, tell, ask, subscribe and
 /// disconnect anywhere, from anywhere. Cheap to clone.
@@ -174,6 +176,107 @@ impl Sockets {
                     reason: reason.to_owned(),
                     reconnect,
                 },
+            )
+            .await
+    }
+
+    /// Asks every connection of `user`, wherever they are, and returns the
+    /// first answer. Finding them (at most half of it) and waiting for an
+    /// answer take at most `timeout` together. When none answers: the error a client answered
+    /// with, else `timeout`, else `not_found` (the user has no connection).
+    pub async fn ask_user(
+        &self,
+        user: &str,
+        event: &str,
+        data: &Data,
+        timeout: Duration,
+    ) -> Result<Data, CommandError> {
+        protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
+        self.hub
+            .ask_any(Whose::User(user.to_owned()), event, data, timeout)
+            .await
+    }
+
+    /// Like [`Sockets::ask_user`], for the connections of a session.
+    pub async fn ask_session(
+        &self,
+        session: &str,
+        event: &str,
+        data: &Data,
+        timeout: Duration,
+    ) -> Result<Data, CommandError> {
+        protocol::validate_name(event, "event").map_err(CommandError::bad_request)?;
+        self.hub.check_data_size(data.get())?;
+        self.hub
+            .ask_any(Whose::Session(session.to_owned()), event, data, timeout)
+            .await
+    }
+
+    /// The open connections of `user` on every live instance. Waits at most
+    /// `timeout` for the instances' answers: an instance that did not answer
+    /// in time (a dead one still in the registry) makes the list `partial`.
+    pub async fn user_connections(
+        &self,
+        user: &str,
+        timeout: Duration,
+    ) -> Result<ConnectionList, CommandError> {
+        self.hub
+            .list_connections(Whose::User(user.to_owned()), None, timeout)
+            .await
+    }
+
+    /// The open connections of `session` on every live instance (see
+    /// [`Sockets::user_connections`]).
+    pub async fn session_connections(
+        &self,
+        session: &str,
+        timeout: Duration,
+    ) -> Result<ConnectionList, CommandError> {
+        self.hub
+            .list_connections(Whose::Session(session.to_owned()), None, timeout)
+            .await
+    }
+
+    /// Closes every connection of `user`, wherever they are, with `code`
+    /// (1000, or 3000 to 4999; else `bad_request`) after a `disconnect` push.
+    /// Returns the connections told to close (`partial` as in
+    /// [`Sockets::user_connections`], bounded by `timeout`).
+    pub async fn disconnect_user(
+        &self,
+        user: &str,
+        code: u16,
+        reason: &str,
+        reconnect: bool,
+        timeout: Duration,
+    ) -> Result<ConnectionList, CommandError> {
+        self.hub
+            .disconnect_all(
+                Whose::User(user.to_owned()),
+                code,
+                reason,
+                reconnect,
+                timeout,
+            )
+            .await
+    }
+
+    /// Closes every connection of `session` (see [`Sockets::disconnect_user`]).
+    pub async fn disconnect_session(
+        &self,
+        session: &str,
+        code: u16,
+        reason: &str,
+        reconnect: bool,
+        timeout: Duration,
+    ) -> Result<ConnectionList, CommandError> {
+        self.hub
+            .disconnect_all(
+                Whose::Session(session.to_owned()),
+                code,
+                reason,
+                reconnect,
+                timeout,
             )
             .await
     }

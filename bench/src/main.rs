@@ -10,18 +10,23 @@
 //! - [`load`] — the load client (source-address spreading, handshake, subscribers,
 //!   publishers).
 //! - [`publisher`] — publishers with a fixed number of publishes in flight.
-//! - [`workloads`] — W1..W8.
+//! - [`workloads`] — W1..W9.
 //! - [`floor`] — the floor server (`bench floor ...`, started by the bench itself).
+//! - [`storm_cmd`] — `bench storm`, the reconnect storm (the driver itself is
+//!   in the library, [`scaled_sockets_bench::storm`], shared with tests/storm.rs).
+//!
+//! [`load`] and [`procs`] live in the library too.
 
 mod cli;
 mod floor;
-mod load;
-mod procs;
 mod publisher;
 mod results;
 mod results_chart;
 mod stats;
+mod storm_cmd;
 mod workloads;
+
+use scaled_sockets_bench::{load, procs};
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -40,6 +45,9 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(cli::Command::Floor(args)) => runtime.block_on(floor::serve(args)),
+        Some(cli::Command::Storm(args)) => {
+            runtime.block_on(storm_cmd::run(args, &workloads::workspace_root()))
+        }
         None => runtime.block_on(workloads::run_all(cli.run)),
     };
     match outcome {

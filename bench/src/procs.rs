@@ -155,6 +155,12 @@ impl Proc {
         ))
     }
 
+    /// Kills the process now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fails when the process is no longer running (it crashed under load).
     pub fn check_alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {

@@ -125,13 +125,26 @@ export interface ClientOptions {
   tokenProvider?: () => string | Promise<string>;
   /** How long before `exp` the token is refreshed (default 10,000 ms). */
   tokenRefreshMarginMs?: number;
-  /** Transports to use, in order of preference (default ["websocket"]); "sse" is accepted but not implemented yet. */
+  /**
+   * Transports to use, in order of preference (default ["websocket"]). With "sse" after
+   * "websocket", a WebSocket that cannot be opened is followed at once by the HTTP fallback
+   * (an event stream down, POSTs up); later reconnects try the WebSocket first again.
+   */
   transports?: ReadonlyArray<"websocket" | "sse">;
+  /** A fetch function for the "sse" transport; default `globalThis.fetch`. */
+  fetch?: typeof globalThis.fetch;
   /** A WebSocket constructor (required in Node 20: the `ws` package); default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor | (new (url: string) => any);
   /** Backoff bounds, or false to never reconnect. */
   reconnect?: ReconnectOptions | false;
-  /** Persist the session id in `sessionStorage` so a page reload resumes it (default false). */
+  /**
+   * Where the session id is kept between pages (default "local"): "local" is
+   * `localStorage`, shared by every tab of the origin, so all tabs join one
+   * session; "tab" is `sessionStorage`, one session per tab that a reload
+   * resumes; false keeps it in memory only.
+   */
+  persistSession?: "local" | "tab" | false;
+  /** `true` means `persistSession: "tab"` (kept for older code; `persistSession` wins). */
   sessionStorage?: boolean;
   /** A session id to resume. */
   session?: string;
@@ -206,6 +219,8 @@ export declare class Client {
   readonly state: ConnectionState;
   readonly welcome: Welcome | null;
   readonly session: string | null;
+  /** The transport of the current connection, or null while disconnected. */
+  readonly transport: "websocket" | "sse" | null;
   on<K extends keyof ClientEvents>(type: K, listener: ClientEvents[K]): () => void;
   off<K extends keyof ClientEvents>(type: K, listener: ClientEvents[K]): void;
   connect(): Promise<Welcome>;
@@ -222,6 +237,8 @@ export declare class Client {
 
 /** The WebSocket endpoint (`ws(s)://…/ws`) for a server base URL. */
 export declare function socketUrl(base: string): string;
+/** The HTTP fallback's base URL (http(s)://host[/prefix]) for a server base URL. */
+export declare function httpBase(base: string): string;
 
 /** A reconnect delay for attempt `attempt` (full jitter). */
 export declare function backoffDelay(attempt: number, minMs: number, maxMs: number): number;

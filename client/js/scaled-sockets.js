@@ -66,6 +66,15 @@ export function socketUrl(base) {
   return url.toString();
 }
 
+/** The HTTP fallback's base (`http(s)://host/prefix`, no trailing `/ws`) for a server base URL. */
+export function httpBase(base) {
+  const url = new URL(socketUrl(base));
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = url.pathname.replace(/\/ws$/, "");
+  url.search = "";
+  return url.toString().replace(/\/+$/, "");
+}
+
 // ---------------------------------------------------------------- transports
 
 // A transport carries protocol frames (one JSON text each). `open(baseUrl,
@@ -73,8 +82,8 @@ export function socketUrl(base) {
 // close(code, reason, waitMs) }`; it calls `hooks.onOpen()`, then
 // `hooks.onText(text)` per frame, and `hooks.onClose(code, reason)` exactly
 // once at the end (also after `close`, at the latest after `waitMs`). The
-// client speaks the same protocol over every transport, so adding the HTTP
-// fallback (`sse`) means adding one entry to TRANSPORTS.
+// client speaks the same protocol over every transport: the HTTP fallback
+// (`sse`) is one more entry in TRANSPORTS.
 
 class WebSocketTransport {
   constructor(options) {
@@ -126,7 +135,192 @@ class WebSocketTransport {
   }
 }
 
-const TRANSPORTS = { websocket: WebSocketTransport };
+/** Frames per POST (the server's limit). */
+const SSE_MAX_FRAMES = 64;
+/** Attempts of one POST (network errors, 429, 502-504) before the connection is given up. */
+const SSE_POST_TRIES = 6;
+
+// The HTTP fallback: server frames come as an event stream (`GET /sse`, read
+// with fetch rather than EventSource, which would reconnect by itself and
+// fight the client's own resume); client frames go up in POSTs
+// (`POST /sse/send`) that any instance may receive. POSTs leave one at a
+// time, numbered by `seq`; a retried POST keeps its number, so the server
+// applies it once however many times it arrives.
+class SseTransport {
+  constructor(options) {
+    this.fetch = options.fetch || globalThis.fetch;
+    if (typeof this.fetch !== "function") {
+      throw fail("bad_request", "no fetch implementation: pass one as options.fetch");
+    }
+  }
+
+  open(baseUrl, hooks) {
+    const base = httpBase(baseUrl);
+    const doFetch = this.fetch;
+    const abort = new AbortController();
+    let ended = false;
+    let started = false;
+    let ids = null; // { session, client } from the welcome
+    let seq = 0;
+    let queue = []; // frames waiting for a POST
+    let posting = false;
+    let disconnect = null; // the last `disconnect` frame
+    let refused = null; // the handshake's `error` code
+    let timer = null;
+    const end = (code, reason) => {
+      if (ended) return;
+      ended = true;
+      if (timer) clearTimeout(timer);
+      try {
+        abort.abort();
+      } catch {
+        // already aborted
+      }
+      hooks.onClose(code, reason);
+    };
+    const onEvent = (data) => {
+      if (ended) return;
+      if (!ids || data.includes('"disconnect"') || data.includes('"error"')) {
+        let frame = null;
+        try {
+          frame = JSON.parse(data);
+        } catch {
+          // handed on as it is: the client reports undecodable frames
+        }
+        if (frame && frame.type === "welcome" && !ids) {
+          ids = { session: frame.session, client: frame.client };
+          hooks.onText(data);
+          flush();
+          return;
+        }
+        if (frame && frame.type === "disconnect") disconnect = frame;
+        if (frame && frame.type === "error" && !ids) refused = frame.code;
+      }
+      hooks.onText(data);
+    };
+    const read = async (res) => {
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      let data = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || ended) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + (buf[nl] === "\r" && buf[nl + 1] === "\n" ? 2 : 1));
+          if (line === "") {
+            if (data.length) onEvent(data.join("\n"));
+            data = [];
+          } else if (line.startsWith("data:")) {
+            data.push(line.slice(line[5] === " " ? 6 : 5));
+          } // comments (keep-alives) and other fields are ignored
+        }
+      }
+    };
+    const stream = async (connectText) => {
+      let res;
+      try {
+        res = await doFetch(`${base}/sse?connect=${encodeURIComponent(connectText)}`, {
+          headers: { accept: "text/event-stream" },
+          cache: "no-store",
+          signal: abort.signal,
+        });
+      } catch {
+        end(1006, "the event stream could not be opened");
+        return;
+      }
+      if (!res.ok || !res.body) {
+        // 400: a connect the server refuses (not retried); 503: draining.
+        end(res.status === 400 ? 4000 : 1006, `GET /sse answered ${res.status}`);
+        return;
+      }
+      try {
+        await read(res);
+      } catch {
+        // aborted or cut: the end below says so
+      }
+      if (disconnect) end(disconnect.code, disconnect.reason || "");
+      else if (refused === "unauthorized") end(4001, "unauthorized");
+      else end(1006, "the event stream ended");
+    };
+    const post = async (body) => {
+      for (let attempt = 0; attempt < SSE_POST_TRIES && !ended; attempt++) {
+        let status = 0;
+        try {
+          const res = await doFetch(`${base}/sse/send`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body,
+            signal: abort.signal,
+          });
+          status = res.status;
+          try {
+            await res.arrayBuffer();
+          } catch {
+            // the body does not matter
+          }
+        } catch {
+          status = 0; // network error: the same seq again is safe
+        }
+        if (status === 204) return true;
+        if (status === 404) {
+          end(1006, "the event stream is gone");
+          return false;
+        }
+        if (status === 400) {
+          end(4000, "POST /sse/send refused the frames");
+          return false;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** attempt, 2000)));
+      }
+      end(1006, "frames could not be sent");
+      return false;
+    };
+    const flush = async () => {
+      if (posting || !ids || ended) return;
+      posting = true;
+      while (queue.length && !ended) {
+        const frames = queue.slice(0, SSE_MAX_FRAMES);
+        queue = queue.slice(frames.length);
+        seq += 1;
+        const body = `{"session":${JSON.stringify(ids.session)},"client":${JSON.stringify(ids.client)},"seq":${seq},"frames":[${frames.join(",")}]}`;
+        if (!(await post(body))) break;
+      }
+      posting = false;
+    };
+    queueMicrotask(() => !ended && hooks.onOpen());
+    return {
+      send(text) {
+        if (ended) return false;
+        if (!started) {
+          // The first frame is `connect`: it opens the stream.
+          started = true;
+          stream(text);
+          return true;
+        }
+        // The stream itself is the sign of life: pings need no answer.
+        if (text === '{"type":"pong"}') return true;
+        queue.push(text);
+        queueMicrotask(flush);
+        return true;
+      },
+      close(code, reason, waitMs) {
+        if (ended) return;
+        if (waitMs > 0 && (posting || queue.length)) {
+          // Let the frames already sent go out, within the wait.
+          timer = setTimeout(() => end(code, reason), waitMs);
+          const check = () => (!posting && !queue.length ? end(code, reason) : !ended && setTimeout(check, 10));
+          check();
+        } else end(code, reason);
+      },
+    };
+  }
+}
+
+const TRANSPORTS = { websocket: WebSocketTransport, sse: SseTransport };
 const KNOWN_TRANSPORTS = new Set(["websocket", "sse"]);
 
 // ---------------------------------------------------------------- helpers
@@ -169,12 +363,22 @@ function checkName(what, name) {
   }
 }
 
-function storage() {
+/** Where the session id is kept: "local" (shared by the tabs of an origin), "tab", or none. */
+function storage(where) {
   try {
-    return globalThis.sessionStorage || null;
+    if (where === "local") return globalThis.localStorage || null;
+    if (where === "tab") return globalThis.sessionStorage || null;
+    return null;
   } catch {
-    return null; // access denied (e.g. sandboxed frame)
+    return null; // access denied (e.g. sandboxed frame, storage disabled)
   }
+}
+
+function persistMode(options) {
+  const p = options.persistSession;
+  if (p === undefined) return options.sessionStorage === true ? "tab" : "local";
+  if (p === false || p === "local" || p === "tab") return p;
+  throw fail("bad_request", `persistSession must be "local", "tab" or false, not ${JSON.stringify(p)}`);
 }
 
 // ---------------------------------------------------------------- subscriptions
@@ -253,19 +457,27 @@ export class Client {
       timeoutMs: options.timeoutMs ?? 10000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10000,
       queueLimit: options.queueLimit ?? 256,
-      sessionStorage: options.sessionStorage === true,
+      persistSession: persistMode(options),
     };
     const names = options.transports ?? ["websocket"];
     for (const n of names) {
       if (!KNOWN_TRANSPORTS.has(n)) throw fail("bad_request", `unknown transport ${JSON.stringify(n)}`);
     }
-    // Only the WebSocket transport exists in this version; "sse" is accepted
-    // and skipped so code written for the HTTP fallback runs unchanged.
-    const usable = names.filter((n) => TRANSPORTS[n]);
-    if (usable.length === 0) {
-      throw fail("bad_request", "no usable transport: this version implements only \"websocket\"");
+    // In order of preference; one that cannot be built here (no WebSocket
+    // implementation) is skipped when another one remains.
+    this._transports = [];
+    let why = null;
+    for (const n of [...new Set(names)]) {
+      try {
+        this._transports.push({ name: n, impl: new TRANSPORTS[n](options) });
+      } catch (e) {
+        why = why ?? e;
+      }
     }
-    this._transport = new TRANSPORTS[usable[0]](options);
+    if (this._transports.length === 0) throw why ?? fail("bad_request", "no transport given");
+    // The transport of the next attempt: the first one, except right after it
+    // could not be opened, when the next one is tried at once.
+    this._transportIndex = 0;
 
     this._listeners = new Map();
     this._askHandlers = new Map();
@@ -276,9 +488,10 @@ export class Client {
     this._welcome = null;
     this._session = options.session ?? null;
     this._storageKey = "scaled-sockets:session:" + urls.join(",");
-    if (this._opts.sessionStorage && !this._session) {
-      this._session = storage()?.getItem(this._storageKey) ?? null;
-    }
+    // An explicit `session` wins over the stored one, for this client's
+    // first connect.
+    this._sessionGiven = this._session !== null;
+    if (!this._sessionGiven) this._session = this._readStoredSession();
     this._channels = new Map();
     // Cores joined (core id -> the data of the join), joined again on every
     // new connection: a membership belongs to a connection, not a session.
@@ -304,6 +517,11 @@ export class Client {
   /** The current connection's welcome frame, or null while disconnected. */
   get welcome() {
     return this._conn && this._conn.welcome ? this._conn.welcome : null;
+  }
+
+  /** The transport of the current connection ("websocket" or "sse"), or null while disconnected. */
+  get transport() {
+    return this._conn && this._conn.welcome ? this._conn.transport : null;
   }
 
   /** The session id (kept across reconnects), or null before the first welcome. */
@@ -667,6 +885,14 @@ export class Client {
   _connectFrame(token) {
     const frame = { type: "connect" };
     if (token !== undefined && token !== null) frame.token = token;
+    // Read again on every attempt: another tab of the origin may have
+    // started a new session meanwhile (this one expired), and every tab
+    // should end up in the same one.
+    if (!this._sessionGiven) {
+      const stored = this._readStoredSession();
+      if (stored) this._session = stored;
+    }
+    this._sessionGiven = false;
     if (this._session) frame.session = this._session;
     const subs = [];
     for (const ch of this._channels.values()) {
@@ -699,8 +925,10 @@ export class Client {
     if (this._closed || !this._running) return;
     const url = this._nextUrl();
     this._lastUrl = url;
+    const transport = this._transports[this._transportIndex] ?? this._transports[0];
+    this._transportIndex = 0; // later reconnects try the preferred transport again
     const conn = {
-      url, token, handle: null, welcome: null, nextId: 1, pending: new Map(), lastRx: Date.now(),
+      url, token, handle: null, transport: transport.name, fallback: this._transports.indexOf(transport) + 1, opened: false, welcome: null, nextId: 1, pending: new Map(), lastRx: Date.now(),
       disconnect: null, handshakeError: null, timers: [], quiescing: false, onEnded: null, openedAt: 0,
       abandoned: null, refreshing: false,
     };
@@ -708,6 +936,7 @@ export class Client {
     const hooks = {
       onOpen: () => {
         if (this._conn !== conn) return;
+        conn.opened = true;
         conn.handle.send(JSON.stringify(this._connectFrame(token)));
       },
       onText: (text) => this._conn === conn && this._onText(conn, text),
@@ -715,7 +944,7 @@ export class Client {
       onClose: (code, reason) => this._onClose(conn, code, reason),
     };
     try {
-      conn.handle = this._transport.open(url, hooks);
+      conn.handle = transport.impl.open(url, hooks);
     } catch (e) {
       this._conn = null;
       this._attemptFailed(e instanceof ScaledSocketsError ? e : fail("bad_request", String(e && e.message || e)), false);
@@ -764,7 +993,7 @@ export class Client {
     this._everConnected = true;
     this._failures = 0;
     this._session = frame.session;
-    if (this._opts.sessionStorage) storage()?.setItem(this._storageKey, frame.session);
+    this._storeSession(frame.session);
     const offline = this._offlineUnsubs;
     this._offlineUnsubs = new Set();
     if (frame.resumed) {
@@ -795,6 +1024,24 @@ export class Client {
     const waiters = this._connectWaiters;
     this._connectWaiters = [];
     for (const w of waiters) w.resolve(frame);
+  }
+
+  _readStoredSession() {
+    try {
+      const id = storage(this._opts.persistSession)?.getItem(this._storageKey);
+      return typeof id === "string" && id.length > 0 && id.length <= 1024 ? id : null;
+    } catch {
+      return null;
+    }
+  }
+
+  _storeSession(id) {
+    try {
+      const store = storage(this._opts.persistSession);
+      if (store && store.getItem(this._storageKey) !== id) store.setItem(this._storageKey, id);
+    } catch {
+      // Full or disabled storage: the session is kept in memory only.
+    }
   }
 
   /** With a token provider and a JWT with `exp`: reconnect with a fresh token shortly before it expires. */
@@ -876,6 +1123,13 @@ export class Client {
       return;
     }
     const provider = !!this._opts.tokenProvider;
+    if (!welcomed && !conn.opened && !conn.handshakeError && conn.fallback < this._transports.length) {
+      // This transport could not even be opened (a proxy that refuses
+      // WebSocket upgrades): the next one, at once.
+      this._transportIndex = conn.fallback;
+      this._scheduleRetry(true);
+      return;
+    }
     if (!welcomed) {
       const err = conn.handshakeError
         ?? (code === 4001 ? fail("unauthorized", reason || "connection refused (4001)")

@@ -1,11 +1,7 @@
 //! The start of a connection: waiting for `connect`, authenticating it,
 //! resuming or creating the session, registering with the hub, `welcome`.
 
-use super::{
-    Conn,
-    io::{Socket, send_close, send_frame},
-    session::{self, SessionRecord},
-};
+use super::{Conn, io::Socket, session, transport::Transport};
 use crate::{
     app::App,
     auth::Identity,
@@ -23,6 +19,14 @@ use std::{
     sync::Arc,
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+async fn send_frame(t: &mut impl Transport, frame: String) -> bool {
+    t.send_frame(frame.into()).await
+}
+
+async fn send_close(t: &mut impl Transport, code: u16, reason: &str) {
+    t.send_close(code, reason).await;
+}
 
 /// What `connect` asked for besides authentication.
 pub(super) struct ConnectRequest {
@@ -65,7 +69,18 @@ pub(super) async fn handshake(
             Ok(Some(Ok(_))) => continue,
         }
     };
-    let (token, session, subscriptions) = match protocol::parse_client_frame(&text) {
+    authenticate(app, ws, &text, deadline).await
+}
+
+/// Parses the `connect` frame and authenticates it, whatever transport
+/// carried it (a WebSocket frame, or the query of an SSE stream).
+pub(super) async fn authenticate(
+    app: &App,
+    ws: &mut impl Transport,
+    text: &str,
+    deadline: tokio::time::Instant,
+) -> Option<(Identity, ConnectRequest)> {
+    let (token, session, subscriptions) = match protocol::parse_client_frame(text) {
         Ok(ClientFrame::Connect {
             id: _,
             token,
@@ -143,19 +158,25 @@ pub(super) async fn welcome(
     hub: Arc<Hub>,
     app: Arc<App>,
     cores: Arc<crate::cores::Cores>,
-    ws: &mut Socket,
+    ws: &mut impl Transport,
     identity: Identity,
     connect: ConnectRequest,
 ) -> Option<Conn> {
     let mut restored = Vec::new();
+    let mut taken = Vec::new();
+    let mut resumed = false;
     let mut session_id = None;
     if let Some(requested) = connect.session.as_deref() {
-        if let Some(subscriptions) = session::restore(&hub, requested, &identity.user).await {
-            restored = subscriptions;
+        // A live session is joined, and `resumed` says so, even when none of
+        // its subscriptions come back (the tabs holding them are open): its
+        // data and its identity are the session's.
+        if let Some(found) = session::restore(&hub, requested, &identity.user).await {
+            restored = found.subscriptions;
+            taken = found.taken;
+            resumed = true;
             session_id = Some(requested.to_owned());
         }
     }
-    let resumed = session_id.is_some();
     let session: Arc<str> = session_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
@@ -253,25 +274,16 @@ pub(super) async fn welcome(
             wanted.push(request);
         }
     }
-    if !resumed {
-        // A new session is live (resumable by another tab or after a crash)
-        // from now on, not only after this connection closes. A resumed one
-        // already has its record: writing it again here would overwrite the
-        // positions it holds. Later saves follow delivered positions.
-        conn.write_session(
-            SessionRecord {
-                user: conn.identity.user.clone(),
-                subscriptions: wanted.clone(),
-            },
-            None,
-        );
-    }
+    // The session is live (resumable by another tab or after a crash) from
+    // now on, not only after this connection closes; later saves follow the
+    // delivered positions.
+    conn.start_session_records(wanted.clone(), taken);
     let mut out = Vec::new();
     for request in wanted {
         conn.server_subscribe(request, &mut out);
     }
     for frame in out {
-        if !send_frame(ws, frame).await {
+        if !ws.send_frame(frame).await {
             conn.cleanup();
             return None;
         }

@@ -14,14 +14,9 @@ use crate::{
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use std::{
-    borrow::Cow,
-    collections::{HashSet, VecDeque},
-    pin::Pin,
-    sync::atomic::Ordering,
-    task::Poll,
+    borrow::Cow, collections::VecDeque, pin::Pin, sync::atomic::Ordering, task::Poll,
     time::Duration,
 };
-use tokio::sync::oneshot::error::TryRecvError;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -278,23 +273,7 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
                 }
             }
         }
-        if conn.pending.is_empty() {
-            // Idle sockets keep no id table and no publish queue.
-            if conn.pending.capacity() > 0 {
-                conn.pending = HashSet::new();
-            }
-            conn.publishes = None;
-        }
-        // Finished writes need no successor to wait for them: an idle
-        // connection keeps no completion signal.
-        for chain in [&mut conn.presence_chain, &mut conn.session_chain] {
-            if chain
-                .as_mut()
-                .is_some_and(|rx| !matches!(rx.try_recv(), Err(TryRecvError::Empty)))
-            {
-                *chain = None;
-            }
-        }
+        conn.tidy_idle();
         if !out.is_empty() {
             // A write may wait on a slow socket; a kill must still get through.
             let mut next = 0;

@@ -10,14 +10,20 @@
 //! - [`subscriptions`]: positions, ordered delivery, buffering and gap repair.
 //! - [`session`]: the session record saved for resumption.
 //! - [`io`]: WebSocket settings, the read/write loop, closing.
+//! - [`sse`]: the HTTP fallback's loop: the same connection, its frames sent
+//!   as an event stream and its commands received from POSTs.
+//! - [`transport`]: what the handshake needs from either transport.
 
 mod commands;
 mod handshake;
 mod io;
 mod session;
+mod sse;
 mod subscriptions;
+mod transport;
 
 pub(crate) use io::websocket_config;
+pub(crate) use sse::serve_sse;
 
 use crate::{
     app::{App, Context},
@@ -41,7 +47,7 @@ use std::{
     time::Instant,
 };
 use subscriptions::{ChannelSub, rolled_back};
-use tokio::sync::oneshot;
+use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Utf8Bytes, protocol::Role},
@@ -105,8 +111,12 @@ pub(crate) async fn serve_upgrade(
     endpoint: Endpoint,
     on_upgrade: hyper::upgrade::OnUpgrade,
     guard: DrainGuard,
+    slot: Option<crate::admission::Slot>,
 ) {
-    let Some((conn, ws)) = Box::pin(set_up(endpoint, on_upgrade)).await else {
+    let set_up = Box::pin(set_up(endpoint, on_upgrade)).await;
+    // The handshake is over (welcomed or failed): the next one may start.
+    drop(slot);
+    let Some((conn, ws)) = set_up else {
         return;
     };
     let (mut conn, mut ws) = (conn, ws);
@@ -241,6 +251,25 @@ impl Conn {
                     self.end_subscription(&channel);
                     out.push(protocol::unsubscribed(&channel, "unsubscribed by the server").into());
                 }
+            }
+        }
+    }
+
+    /// After each turn of a transport's loop: an idle connection keeps no id
+    /// table, no publish chain and no completion signal of finished writes.
+    pub(super) fn tidy_idle(&mut self) {
+        if self.pending.is_empty() {
+            if self.pending.capacity() > 0 {
+                self.pending = HashSet::new();
+            }
+            self.publishes = None;
+        }
+        for chain in [&mut self.presence_chain, &mut self.session_chain] {
+            if chain
+                .as_mut()
+                .is_some_and(|rx| !matches!(rx.try_recv(), Err(TryRecvError::Empty)))
+            {
+                *chain = None;
             }
         }
     }

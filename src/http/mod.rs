@@ -1,4 +1,4 @@
-//! HTTP routes: the WebSocket upgrade at `/ws`, probes, metrics and the
+//! HTTP routes: the WebSocket upgrade at `/ws`, its HTTP fallback at `/sse`, probes, metrics and the
 //! key-protected HTTP API, as one hyper and tower service, so an existing axum
 //! or hyper app can mount it.
 //!
@@ -7,12 +7,14 @@
 //! - [`api`]: `/api/publish`, `/api/tell`, `/api/cluster`.
 //! - [`assets`]: the JavaScript client at `/scaled-sockets.js` and the app's
 //!   static pages.
+//! - [`sse`]: the HTTP fallback, `GET /sse` and `POST /sse/send`.
 //! - [`response`]: response and body helpers.
 
 mod api;
 mod assets;
 mod probes;
 mod response;
+mod sse;
 mod upgrade;
 
 pub use response::ResponseBody;
@@ -45,6 +47,8 @@ impl ScaledSocketsService {
         }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req),
+            (&Method::GET, "/sse") => self.sse_stream(&req),
+            (&Method::POST, "/sse/send") => self.sse_send(req).await,
             (&Method::GET, "/healthz") => probes::healthz(),
             (&Method::GET, "/readyz") => probes::readyz(&self.endpoint.hub).await,
             (&Method::GET, "/metrics") => probes::metrics(&self.endpoint.hub).await,

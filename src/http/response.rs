@@ -3,7 +3,7 @@
 use crate::error::ErrorCode;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use serde::Serialize;
 
 /// Largest accepted HTTP API body.
@@ -12,15 +12,16 @@ const MAX_API_BODY: usize = 1 << 20;
 /// Errors of request bodies, as hyper and tower bodies give them.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body of every route.
-pub type ResponseBody = Full<Bytes>;
+/// The response body of every route: a whole body, or the event stream of
+/// `/sse`.
+pub type ResponseBody = BoxBody<Bytes, std::convert::Infallible>;
 
 pub(super) fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(body.into()));
+    let mut res = Response::new(Full::new(body.into()).boxed());
     *res.status_mut() = status;
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

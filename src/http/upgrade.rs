@@ -6,13 +6,14 @@ use super::{
     response::{ResponseBody, text},
 };
 use crate::connection;
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 impl ScaledSocketsService {
-    pub(super) fn upgrade<B>(&self, req: Request<B>) -> Response<ResponseBody> {
+    pub(super) fn upgrade<B>(&self, mut req: Request<B>) -> Response<ResponseBody> {
+        // The accept gate's slot (when served by `Server::serve`) goes with
+        // the socket, to be freed once the handshake is over.
+        let slot = req.extensions_mut().remove::<crate::admission::Slot>();
         let headers = req.headers();
         let has_token = |name: header::HeaderName, token: &str| {
             headers
@@ -52,8 +53,8 @@ impl ScaledSocketsService {
         let accept = derive_accept_key(key.as_bytes());
         let endpoint = self.endpoint.clone();
         let on_upgrade = hyper::upgrade::on(req);
-        tokio::spawn(connection::serve_upgrade(endpoint, on_upgrade, guard));
-        let mut res = Response::new(Full::new(Bytes::new()));
+        tokio::spawn(connection::serve_upgrade(endpoint, on_upgrade, guard, slot));
+        let mut res = Response::new(ResponseBody::default());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = res.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -13,8 +13,12 @@
 //! - [`recovery`]: history reads shared by the connections of the instance.
 //! - [`peers`]: messages between instances (routed tells, asks and their
 //!   replies, server-side subscribe, disconnect).
+//! - [`directory`]: the connections of a user or session on every instance
+//!   (lookups answered by each instance), and asking or disconnecting them.
 //! - [`registry`]: this instance's heartbeat in the scaler's registry and a
 //!   cached view of the live instances.
+//! - [`uploads`]: frames POSTed by HTTP-fallback clients, routed to the
+//!   instance holding the client's stream.
 //! - [`liveness`]: one timer for all connections: pings, idle and expiry closes.
 //!
 //! Lifecycle: [`Hub::start`] spawns the background tasks (feed, heartbeat,
@@ -23,6 +27,7 @@
 //! dropped without draining closes its connections and leaves the registry
 //! rather than staying there as a ghost instance).
 
+mod directory;
 mod dispatch;
 mod gaps;
 mod interest;
@@ -30,6 +35,7 @@ mod liveness;
 mod peers;
 mod recovery;
 mod registry;
+mod uploads;
 
 use crate::{
     config::Config,
@@ -54,9 +60,13 @@ use std::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use directory::Whose;
+pub use directory::{ConnectionInfo, ConnectionList, MAX_LISTED_PER_INSTANCE};
 use gaps::GapChecks;
 pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
+pub(crate) use uploads::Upload;
+use uploads::Uploads;
 
 /// One instance: its connections, their interest in topics, and its link to
 /// the cluster through the scaler.
@@ -75,6 +85,10 @@ pub(crate) struct Hub {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     remote_asks: RemoteAsks,
+    /// Connection lookups sent to other instances, awaiting their answers.
+    lookups: directory::Lookups,
+    /// Inboxes of this instance's SSE streams, for POSTed frames.
+    uploads: Uploads,
     gap_checks: GapChecks,
     history_reads: HistoryReads,
     next_id: AtomicU64,
@@ -156,6 +170,8 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             remote_asks: RemoteAsks::default(),
+            lookups: directory::Lookups::default(),
+            uploads: Uploads::default(),
             gap_checks: GapChecks::default(),
             history_reads: HistoryReads::default(),
             next_id: AtomicU64::new(1),

@@ -1,6 +1,6 @@
 //! Messages between instances: tells and asks routed to a connection on
 //! another instance, ask replies, server-side subscribe and unsubscribe,
-//! disconnects, and session-wide tells.
+//! disconnects, session-wide tells, and connection lookups (`super::directory`).
 //!
 //! Each instance listens on its own inbox topic in the scaler feed. A
 //! connection id names its instance (`<instance>.<unique>`), so a message for a
@@ -67,6 +67,29 @@ pub(crate) enum PeerMessage {
         reason: String,
         reconnect: bool,
     },
+    /// Which connections of a user or session are here? (`super::directory`)
+    Lookup {
+        whose: super::Whose,
+        request: u64,
+        reply_to: String,
+    },
+    LookupReply {
+        request: u64,
+        instance: String,
+        connections: Vec<super::ConnectionInfo>,
+        #[serde(default)]
+        truncated: bool,
+    },
+    /// Frames POSTed by an HTTP-fallback client, for the instance holding
+    /// its stream; answered with an `AskReply` (`data` `true` when taken).
+    Upload {
+        session: String,
+        client: String,
+        seq: u64,
+        frames: Vec<Box<RawValue>>,
+        request: u64,
+        reply_to: String,
+    },
     /// A message of the cores layer (`crate::cores`), opaque to the hub: it
     /// is handed to the registered [`CoreSink`] in arrival order.
     Core {
@@ -87,7 +110,9 @@ pub(crate) trait CoreSink: Send + Sync + 'static {
 /// Asks this instance sent to connections on other instances, waiting for
 /// their reply, by request number.
 #[derive(Debug, Default)]
-pub(crate) struct RemoteAsks(Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>);
+pub(crate) struct RemoteAsks(
+    pub(super) Mutex<HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>>,
+);
 
 impl Hub {
     /// Registers the cores layer as the receiver of core messages (once).
@@ -229,7 +254,14 @@ impl Hub {
                     conn.kill_owned(code, reason, reconnect);
                 }
             }
+            PeerMessage::Lookup {
+                whose,
+                request,
+                reply_to,
+            } => self.answer_lookup(whose, request, reply_to).await,
+            reply @ PeerMessage::LookupReply { .. } => self.complete_lookup(reply),
             PeerMessage::Core { body } => self.deliver_core(body),
+            upload @ PeerMessage::Upload { .. } => self.answer_upload(upload).await,
         }
     }
 

@@ -102,7 +102,14 @@ pub async fn run(
     })
 }
 
-fn record(ctx: &mut Ctx, w: &str, scenario: &str, target: Target, o: &Outcome, p999: bool) {
+pub(super) fn record(
+    ctx: &mut Ctx,
+    w: &str,
+    scenario: &str,
+    target: Target,
+    o: &Outcome,
+    p999: bool,
+) {
     let mut rows = vec![
         ("deliveries/s", "1/s", o.deliveries_per_s),
         ("server CPU per delivery", "µs", o.cpu_us_per_delivery),

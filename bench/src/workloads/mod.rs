@@ -8,6 +8,7 @@
 //! - [`publish`] — W6 (publishes/s, beside redis-benchmark).
 //! - [`channels`] — W7 (4 instances, 2,000 channels, bytes from Redis).
 //! - [`cores`] — W8 (asks to a core relayed between two instances, beside local asks).
+//! - [`sse`] — W9 (the HTTP fallback's event streams beside WebSocket subscribers).
 
 mod ask;
 mod channels;
@@ -16,6 +17,7 @@ mod cores;
 mod fanout;
 mod idle;
 mod publish;
+mod sse;
 
 use crate::{
     cli::RunArgs,
@@ -170,7 +172,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn git_short_head() -> String {
+pub fn git_short_head() -> String {
     Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -194,7 +196,7 @@ fn cpu_model() -> String {
 }
 
 /// The workspace root: the bench's manifest dir's parent.
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -273,7 +275,8 @@ pub async fn run_all(args: RunArgs) -> Result<(), String> {
             "W6" => publish::w6(&mut ctx).await?,
             "W7" => channels::w7(&mut ctx).await?,
             "W8" => cores::w8(&mut ctx).await?,
-            other => return Err(format!("unknown workload {other:?} (W1..W8)")),
+            "W9" => sse::w9(&mut ctx).await?,
+            other => return Err(format!("unknown workload {other:?} (W1..W9)")),
         }
         eprintln!("   {w} took {:.0} s", t.elapsed().as_secs_f64());
         write_results(&mut ctx)?;

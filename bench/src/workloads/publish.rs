@@ -18,29 +18,6 @@ use tokio::sync::watch;
 const PUBLISHERS: usize = 4;
 const IN_FLIGHT: usize = 64;
 
-/// A copy of the Redis scaler's publish script (scalers/redis/src/scripts.rs,
-/// `PUBLISH`); a unit test fails when the two drift apart.
-/// KEYS: meta hash, history stream. ARGV: payload, history size, TTL ms,
-/// candidate epoch, pub/sub channel.
-pub const PUBLISH_SCRIPT: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
-end
-local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'o', 1))
-if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-else
-  redis.call('DEL', KEYS[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[5], offset .. ':' .. epoch .. ':' .. ARGV[1])
-return {offset, epoch}
-";
-
 /// The rate from `redis-benchmark -q` output (`...: 12345.67 requests per second...`).
 pub fn parse_rps(out: &str) -> Option<f64> {
     let end = out.rfind(" requests per second")?;
@@ -53,7 +30,7 @@ fn benchmark_command(target: Target, payload: &str) -> Vec<String> {
         // The server's defaults: history 1000, TTL 600 s; key layout as the scaler's.
         Target::Ours => vec![
             "EVAL".into(),
-            PUBLISH_SCRIPT.into(),
+            scaled_sockets_redis::publish_script_source().into(),
             "2".into(),
             "ss:ch:{w6}:meta".into(),
             "ss:ch:{w6}:stream".into(),
@@ -62,6 +39,8 @@ fn benchmark_command(target: Target, payload: &str) -> Vec<String> {
             "600000".into(),
             "benchepoch".into(),
             "ss:ch:{w6}:pub".into(),
+            // A standalone Redis: classic PUBLISH, no node check.
+            "0".into(),
         ],
         Target::Floor => vec!["PUBLISH".into(), "floor:w6".into(), payload.into()],
     }
@@ -184,19 +163,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_copy_matches_the_scaler() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scalers/redis/src/scripts.rs"
-        );
-        let source = std::fs::read_to_string(path).expect("read the scaler's scripts.rs");
-        assert!(
-            source.contains(PUBLISH_SCRIPT),
-            "bench/src/workloads/publish.rs PUBLISH_SCRIPT no longer matches {path}; copy the new script"
-        );
-    }
-
-    #[test]
     fn rps_is_read_from_quiet_output() {
         let out = "EVAL local x\r\nEVAL: rps=1.0 (overall: 2.0) avg_msec=1\r                                   \rEVAL\nlocal: 45045.04 requests per second, p50=0.543 msec\n";
         assert_eq!(parse_rps(out), Some(45045.04));
@@ -208,7 +174,7 @@ mod tests {
         let ours = benchmark_command(Target::Ours, "{}");
         assert_eq!(ours[0], "EVAL");
         assert_eq!(ours[3], "ss:ch:{w6}:meta");
-        assert_eq!(ours.len(), 10);
+        assert_eq!(ours.len(), 11);
         assert_eq!(benchmark_command(Target::Floor, "{}")[0], "PUBLISH");
     }
 }

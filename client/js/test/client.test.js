@@ -1,7 +1,7 @@
 // One demo instance (memory scaler): the API against a real server.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Client, ScaledSocketsError, socketUrl, backoffDelay } from "../scaled-sockets.js";
+import { Client, ScaledSocketsError, socketUrl, httpBase, backoffDelay } from "../scaled-sockets.js";
 import { WebSocket, deferred, freePort, makeJwt, sleep, startServer, stopAll, waitFor } from "./helpers.js";
 
 const opts = (extra = {}) => ({ WebSocket, reconnect: { minMs: 50, maxMs: 500 }, ...extra });
@@ -220,14 +220,48 @@ describe("one instance", () => {
       const first = client({ sessionStorage: true });
       const w1 = await first.connect();
       assert.equal([...items.values()][0], w1.session);
+      await first.subscribe("stored:tab", () => {});
       await first.close();
       const second = client({ sessionStorage: true });
       const w2 = await second.connect();
       assert.equal(w2.session, w1.session);
       assert.equal(w2.resumed, true);
-      const other = client(); // without the option: a new session
+      const other = client(); // without the option (and no localStorage in Node): a new session
       assert.notEqual((await other.connect()).session, w1.session);
     } finally {
+      delete globalThis.sessionStorage;
+    }
+  });
+
+  test("persistSession: \"local\" (the default) shares the id through localStorage; false keeps none", async () => {
+    const local = new Map();
+    const tab = new Map();
+    const fake = (items) => ({
+      getItem: (k) => (items.has(k) ? items.get(k) : null),
+      setItem: (k, v) => items.set(k, String(v)),
+    });
+    globalThis.localStorage = fake(local);
+    globalThis.sessionStorage = fake(tab);
+    try {
+      const one = client();
+      const w1 = await one.connect();
+      assert.deepEqual([...local.values()], [w1.session]);
+      assert.equal(tab.size, 0);
+      // Another tab of the origin, while the first is open: the same session.
+      const two = client();
+      assert.equal(two.session, w1.session, "read from storage before connecting");
+      const w2 = await two.connect();
+      assert.equal(w2.session, w1.session);
+      assert.equal(w2.resumed, true, "a live session is joined (nothing of the open tab is restored)");
+      const alone = client({ persistSession: false });
+      assert.notEqual((await alone.connect()).session, w1.session);
+      const perTab = client({ persistSession: "tab" });
+      const w3 = await perTab.connect();
+      assert.notEqual(w3.session, w1.session);
+      assert.deepEqual([...tab.values()], [w3.session]);
+      assert.throws(() => client({ persistSession: "cookie" }), { code: "bad_request" });
+    } finally {
+      delete globalThis.localStorage;
       delete globalThis.sessionStorage;
     }
   });
@@ -343,6 +377,12 @@ describe("tokens", () => {
 });
 
 describe("helpers", () => {
+  test("httpBase maps base URLs to the HTTP fallback's base", () => {
+    assert.equal(httpBase("ws://h:1/ws"), "http://h:1");
+    assert.equal(httpBase("wss://h/app/ws"), "https://h/app");
+    assert.equal(httpBase("http://h:1/"), "http://h:1");
+  });
+
   test("socketUrl maps base URLs to the /ws endpoint", () => {
     assert.equal(socketUrl("http://h:1"), "ws://h:1/ws");
     assert.equal(socketUrl("https://h/app/"), "wss://h/app/ws");
@@ -350,7 +390,8 @@ describe("helpers", () => {
     assert.equal(socketUrl("wss://h:1/ws"), "wss://h:1/ws");
     assert.throws(() => socketUrl("ftp://h"), { code: "bad_request" });
     assert.throws(() => new Client("not a url", opts()), { code: "bad_request" });
-    assert.throws(() => new Client("http://h", opts({ transports: ["sse"] })), { code: "bad_request" });
+    assert.ok(new Client("http://h", opts({ transports: ["sse"] })), "the HTTP fallback alone is a valid choice");
+    assert.throws(() => new Client("http://h", opts({ transports: [] })), { code: "bad_request" });
     assert.throws(() => new Client("http://h", opts({ transports: ["carrier-pigeon"] })), { code: "bad_request" });
   });
 

@@ -217,14 +217,28 @@ export function renderNginxConfig(listenPort, upstreamPorts) {
   return rendered.stdout;
 }
 
-/** nginx running that rendered config; stop() ends it (SIGTERM, then SIGKILL). */
-export async function startNginx(listenPort, upstreamPorts) {
+/**
+ * The rendered config, made to refuse WebSocket upgrades at /ws (403), as a
+ * proxy that strips them would: clients must use the HTTP fallback.
+ */
+export function refuseUpgrades(config) {
+  const marker = /(location = \/ws \{\n)/;
+  if (!marker.test(config)) throw new Error("no `location = /ws {` in the nginx config");
+  return config.replace(marker, "$1            if ($http_upgrade) { return 403; }\n");
+}
+
+/**
+ * nginx running that rendered config; stop() ends it (SIGTERM, then SIGKILL).
+ * `opts.refuseUpgrades`: answer every WebSocket upgrade with 403.
+ */
+export async function startNginx(listenPort, upstreamPorts, opts = {}) {
   const bin = requireBinary("nginx", "apt-get install -y nginx-light (or nginx)");
   const prefix = mkdtempSync(path.join(os.tmpdir(), "ss-nginx-"));
   mkdirSync(path.join(prefix, "logs"));
   mkdirSync(path.join(prefix, "temp"));
   const conf = path.join(prefix, "nginx.conf");
-  writeFileSync(conf, renderNginxConfig(listenPort, upstreamPorts));
+  const rendered = renderNginxConfig(listenPort, upstreamPorts);
+  writeFileSync(conf, opts.refuseUpgrades ? refuseUpgrades(rendered) : rendered);
   // As root, the workers would run as nobody, who cannot write the prefix.
   const globals = "daemon off;" + (process.getuid?.() === 0 ? " user root;" : "");
   const child = spawn(bin, ["-p", prefix, "-c", conf, "-e", "logs/error.log", "-g", globals], {

@@ -1,6 +1,6 @@
 // Type-checked (never run) use of the whole public API: `npm run typecheck`.
 import {
-  Client, ScaledSocketsError, Subscription, ERROR_CODES, socketUrl, backoffDelay,
+  Client, ScaledSocketsError, Subscription, ERROR_CODES, socketUrl, httpBase, backoffDelay,
   type Welcome, type ConnectionState, type Position, type SubscribedInfo, type ErrorCode,
 } from "../scaled-sockets.js";
 
@@ -18,8 +18,15 @@ export async function useEverything(WS: new (url: string) => any): Promise<void>
     timeoutMs: 5000,
     connectTimeoutMs: 5000,
     queueLimit: 100,
+    fetch: globalThis.fetch,
   });
   new Client("https://example.com", { reconnect: false });
+  new Client("https://example.com", { persistSession: "tab" });
+  new Client("https://example.com", { persistSession: false });
+  // @ts-expect-error: only "local", "tab" or false
+  new Client("https://example.com", { persistSession: "cookie" });
+  const transport: "websocket" | "sse" | null = c.transport;
+  void [transport, httpBase("ws://127.0.0.1:8081/ws").length];
 
   const offState = c.on("state", (s: ConnectionState) => void s);
   offState();

@@ -62,8 +62,8 @@ pub struct NatsConfig {
     /// Longest TTL of an instance registration or lease (the `max_age`
     /// of those buckets, default 24 h): longer TTLs are capped to it.
     pub max_record_ttl: Duration,
-    /// JetStream replicas of every stream and bucket (default 1; use 3 on a NATS
-    /// cluster).
+    /// JetStream replicas of every stream and bucket (default 1, or 3 when
+    /// the URL names three or more servers; see [`NatsConfig::from_url`]).
     pub replicas: usize,
     /// Connection name shown by the NATS server (`connz`); default
     /// `scaled-sockets`.
@@ -93,10 +93,18 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
-    /// The defaults with this server URL.
+    /// The defaults with this server URL. A URL naming three or more servers
+    /// (`nats://a:4222,nats://b:4222,nats://c:4222`, or `nats://a:4222,b:4222,c:4222`)
+    /// is taken for a NATS cluster: [`NatsConfig::replicas`] is then 3, so
+    /// history and every bucket survive the loss of one server with nothing
+    /// acknowledged lost (JetStream acknowledges a write once a majority of
+    /// the replicas stored it).
     pub fn from_url(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let servers = url.split(',').filter(|u| !u.trim().is_empty()).count();
         Self {
-            url: url.into(),
+            replicas: if servers >= 3 { 3 } else { 1 },
+            url,
             ..Self::default()
         }
     }
@@ -205,6 +213,23 @@ mod tests {
         assert_eq!(c.prefix, "ss");
         assert_eq!(c.request_timeout, Duration::from_secs(3));
         c.validate().expect("valid");
+        assert_eq!(c.replicas, 1);
+    }
+
+    #[test]
+    fn three_servers_mean_three_replicas() {
+        assert_eq!(NatsConfig::from_url("nats://a:1,nats://b:1").replicas, 1);
+        assert_eq!(
+            NatsConfig::from_url("nats://a:1,nats://b:1,nats://c:1").replicas,
+            3
+        );
+        assert_eq!(NatsConfig::from_url("nats://a:1,b:1,c:1,d:1").replicas, 3);
+        assert_eq!(
+            NatsConfig::from_url("nats://a:1,b:1,c:1")
+                .with_replicas(1)
+                .replicas,
+            1
+        );
     }
 
     #[test]

@@ -30,7 +30,13 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[[user]:pass@]host[:port][/db]` or `rediss://...` (TLS).
+    /// `redis://[[user]:pass@]host[:port][/db]` or `rediss://...` (TLS), or a
+    /// Redis Cluster: `redis+cluster://[[user]:pass@]host:port[,host:port...]`
+    /// (`rediss+cluster://` with TLS), any reachable nodes of it; or a primary
+    /// watched by Redis Sentinel:
+    /// `redis+sentinel://[[user]:pass@]host:port[,host:port...]/<service>[/db]`
+    /// (the Sentinels' addresses, the monitored service name; the credentials
+    /// and database are the primary's).
     pub url: String,
     /// Every key and pub/sub channel starts with `"{prefix}:"`. Must be non-empty
     /// and must not contain `{` or `}` (those would change the hash tag of keys).
@@ -70,20 +76,54 @@ impl RedisConfig {
     /// A configuration for this URL with every other setting at its default.
     ///
     /// Accepts `redis://[[user]:pass@]host[:port][/db]` and `rediss://` (TLS, with
-    /// the Mozilla root certificates). The URL is checked here; nothing connects.
+    /// the Mozilla root certificates), and for a Redis Cluster
+    /// `redis+cluster://[[user]:pass@]host:port[,host:port...]` (or
+    /// `rediss+cluster://`): the seed nodes, from which the whole cluster is
+    /// discovered. The URL is checked here; nothing connects.
     pub fn from_url(url: impl Into<String>) -> Result<Self> {
         let url = url.into();
-        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        let scheme_ok = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|s| url.starts_with(s));
         if !scheme_ok {
             return Err(ScalerError::InvalidArgument(format!(
-                "redis URL must start with redis:// or rediss://, got {}",
+                "redis URL must start with redis://, rediss://, redis+cluster://, rediss+cluster:// or redis+sentinel://, got {}",
                 redact(&url)
             )));
         }
-        url.as_str().into_connection_info().map_err(|e| {
-            ScalerError::InvalidArgument(format!("invalid redis URL {}: {e}", redact(&url)))
-        })?;
-        Ok(Self {
+        if let Some(spec) = sentinel_spec(&url) {
+            spec?;
+            return Ok(Self::with_defaults(url));
+        }
+        match cluster_nodes(&url) {
+            Some(nodes) => {
+                for node in nodes? {
+                    node.as_str().into_connection_info().map_err(|e| {
+                        ScalerError::InvalidArgument(format!(
+                            "invalid redis cluster URL {}: {e}",
+                            redact(&url)
+                        ))
+                    })?;
+                }
+            }
+            None => {
+                url.as_str().into_connection_info().map_err(|e| {
+                    ScalerError::InvalidArgument(format!("invalid redis URL {}: {e}", redact(&url)))
+                })?;
+            }
+        }
+        Ok(Self::with_defaults(url))
+    }
+
+    /// Every setting at its default, for a URL already checked.
+    fn with_defaults(url: String) -> Self {
+        Self {
             url,
             prefix: DEFAULT_PREFIX.to_owned(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
@@ -95,7 +135,7 @@ impl RedisConfig {
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
-        })
+        }
     }
 
     /// Sets [`RedisConfig::sweep_interval`].
@@ -148,9 +188,30 @@ impl RedisConfig {
         self
     }
 
-    /// True for `rediss://` URLs.
+    /// True for `rediss://` and `rediss+cluster://` URLs.
     pub fn is_tls(&self) -> bool {
-        self.url.starts_with("rediss://")
+        self.url.starts_with("rediss://") || self.url.starts_with("rediss+cluster://")
+    }
+
+    /// True for a Redis Cluster URL (`redis+cluster://`, `rediss+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        cluster_nodes(&self.url).is_some()
+    }
+
+    /// True for a Redis Sentinel URL (`redis+sentinel://`).
+    pub fn is_sentinel(&self) -> bool {
+        self.url.starts_with("redis+sentinel://")
+    }
+
+    /// What a Sentinel URL names; `None` for other URLs.
+    pub(crate) fn sentinel_spec(&self) -> Option<Result<SentinelSpec>> {
+        sentinel_spec(&self.url)
+    }
+
+    /// The seed nodes of a Redis Cluster URL as one `redis://` (or `rediss://`)
+    /// URL each, credentials included; `None` for a single-server URL.
+    pub(crate) fn cluster_node_urls(&self) -> Option<Result<Vec<String>>> {
+        cluster_nodes(&self.url)
     }
 
     /// Checks every setting; [`crate::RedisScaler::connect`] calls it.
@@ -209,6 +270,98 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
+/// What a `redis+sentinel://` URL names.
+#[derive(Clone, Debug)]
+pub(crate) struct SentinelSpec {
+    /// One `redis://host:port` per Sentinel.
+    pub(crate) sentinels: Vec<String>,
+    /// The monitored service (master name).
+    pub(crate) service: String,
+    /// `redis://[userinfo@]127.0.0.1/<db>`: carries the primary's credentials
+    /// and database (its address is the Sentinels' to give).
+    pub(crate) primary: String,
+}
+
+/// Parses `redis+sentinel://[userinfo@]h1:p1[,h2:p2]/service[/db]`.
+fn sentinel_spec(url: &str) -> Option<Result<SentinelSpec>> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    let invalid = |why: &str| {
+        Err(ScalerError::InvalidArgument(format!(
+            "invalid redis sentinel URL {}: {why}",
+            redact(url)
+        )))
+    };
+    let Some((authority, path)) = rest.split_once('/') else {
+        return Some(invalid("the service name is missing (.../<service>)"));
+    };
+    let (service, db) = path.split_once('/').unwrap_or((path, "0"));
+    if service.is_empty() {
+        return Some(invalid("the service name is empty"));
+    }
+    if db.parse::<u16>().is_err() {
+        return Some(invalid("the database must be a number"));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',') {
+        let node = format!("redis://{host}");
+        if host.is_empty() || !host.contains(':') || node.as_str().into_connection_info().is_err() {
+            return Some(invalid("every Sentinel needs host:port"));
+        }
+        sentinels.push(node);
+    }
+    let primary = match userinfo {
+        Some(u) => format!("redis://{u}@127.0.0.1/{db}"),
+        None => format!("redis://127.0.0.1/{db}"),
+    };
+    if primary.as_str().into_connection_info().is_err() {
+        return Some(invalid("bad credentials"));
+    }
+    Some(Ok(SentinelSpec {
+        sentinels,
+        service: service.to_owned(),
+        primary,
+    }))
+}
+
+/// Splits `redis+cluster://[userinfo@]h1:p1,h2:p2[/]` into one node URL per
+/// host; `None` when the URL is not a cluster URL.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let invalid = |why: &str| {
+        Err(ScalerError::InvalidArgument(format!(
+            "invalid redis cluster URL {}: {why}",
+            redact(url)
+        )))
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() && path != "0" {
+        return Some(invalid("a Redis Cluster has only database 0"));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let mut nodes = Vec::new();
+    for host in hosts.split(',') {
+        if host.is_empty() || !host.contains(':') {
+            return Some(invalid("every node needs host:port"));
+        }
+        nodes.push(match userinfo {
+            Some(u) => format!("{scheme}://{u}@{host}"),
+            None => format!("{scheme}://{host}"),
+        });
+    }
+    Some(Ok(nodes))
+}
+
 /// Hides the userinfo part of a URL (`redis://:secret@host` -> `redis://***@host`).
 fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
@@ -234,6 +387,11 @@ mod tests {
             "redis://user:secret@127.0.0.1:6390/2",
             "redis://localhost",
             "rediss://cache.example.com:6380/0",
+            "redis+cluster://127.0.0.1:7000",
+            "redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+            "rediss+cluster://cache.example.com:7000/",
+            "redis+sentinel://127.0.0.1:26379/mymaster",
+            "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/2",
         ] {
             let c = RedisConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(c.prefix, "ss");
@@ -247,11 +405,34 @@ mod tests {
                 .expect("plain")
                 .is_tls()
         );
+        let c = RedisConfig::from_url("redis+cluster://u:pw@a:1,b:2").expect("cluster");
+        assert!(c.is_cluster());
+        assert_eq!(
+            c.cluster_node_urls().expect("cluster").expect("nodes"),
+            ["redis://u:pw@a:1", "redis://u:pw@b:2"]
+        );
+        assert!(
+            !RedisConfig::from_url("redis://h:1")
+                .expect("plain")
+                .is_cluster()
+        );
     }
 
     #[test]
     fn rejects_bad_urls_and_settings() {
-        for url in ["http://127.0.0.1", "127.0.0.1:6379", "redis://h:notaport"] {
+        for url in [
+            "http://127.0.0.1",
+            "127.0.0.1:6379",
+            "redis://h:notaport",
+            "redis+cluster://h:1,,h:2",
+            "redis+cluster://h",
+            "redis+cluster://h:1/2",
+            "redis+cluster://h:x",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h:1/",
+            "redis+sentinel://h/svc",
+            "redis+sentinel://h:1/svc/x",
+        ] {
             assert!(
                 matches!(
                     RedisConfig::from_url(url),

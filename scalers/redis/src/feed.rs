@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::{
-    Client, Msg,
+    Msg,
     aio::{PubSubSink, PubSubStream},
 };
 use scaled_sockets_scaler::{
@@ -133,12 +133,10 @@ impl fmt::Debug for Shared {
 
 /// Opens a subscriber connection and subscribes the probe channel and every
 /// desired topic on it. On success the sink is installed in the shared state.
-async fn connect(
-    shared: &Shared,
-    client: &Client,
-    settings: &FeedSettings,
-) -> Result<PubSubStream> {
+async fn connect(shared: &Shared, pool: &Pool, settings: &FeedSettings) -> Result<PubSubStream> {
     let limit = settings.timeout;
+    // With Sentinel, the primary is looked up again on every connect.
+    let client = pool.subscriber_client().await?;
     let pubsub = match timeout(limit, client.get_async_pubsub()).await {
         Ok(Ok(pubsub)) => pubsub,
         Ok(Err(e)) => {
@@ -180,7 +178,7 @@ pub(crate) async fn open(
         state: Mutex::new(State::default()),
         live: AtomicBool::new(false),
     });
-    let stream = connect(&shared, pool.pubsub_client(), &settings).await?;
+    let stream = connect(&shared, &pool, &settings).await?;
     shared.live.store(true, Ordering::SeqCst);
     let (tx, events) = mpsc::channel(settings.queue_capacity.max(1));
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -495,7 +493,7 @@ impl FeedTask {
             );
             attempt = attempt.saturating_add(1);
             self.io.serve(sleep(delay)).await?;
-            let connecting = connect(&self.shared, self.pool.pubsub_client(), &self.settings);
+            let connecting = connect(&self.shared, &self.pool, &self.settings);
             match self.io.serve(connecting).await? {
                 Ok(stream) => return Some(stream),
                 Err(e) => tracing::debug!(attempt, error = %e, "redis feed reconnect failed"),
@@ -552,7 +550,7 @@ fn send_probe(pool: &Arc<Pool>, channel: &str, counters: &Counters) {
 
 /// Exponential backoff with jitter: between half and all of
 /// `min * 2^attempt`, capped at `max`.
-fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     let base = min.saturating_mul(1u32 << attempt.min(20)).min(max);
     let jitter = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
     base / 2 + (base / 2) * jitter / 1024

@@ -33,8 +33,12 @@ pub(crate) fn escape_tag(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The Redis Cluster slot of `key` (CRC16 of its hash tag, modulo 16384).
+pub(crate) fn slot_of(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % 16384
+}
+
 /// The hash tag Redis Cluster would hash for `key` (the whole key if it has none).
-#[cfg(test)]
 pub(crate) fn hash_tag(key: &str) -> &str {
     if let Some(open) = key.find('{') {
         if let Some(len) = key[open + 1..].find('}') {
@@ -189,6 +193,15 @@ mod tests {
             }
             assert!(meta.starts_with("ss:"));
         }
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of("a{}b"), slot_of("a{}b"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Redis backend of Scaled Sockets: a [`Scaler`](scaled_sockets_scaler::Scaler)
-//! that keeps cluster state in one Redis (standalone, or a Redis Cluster-friendly
-//! key layout).
+//! that keeps cluster state in one Redis (possibly found through Sentinel:
+//! `redis+sentinel://host:port[,...]/service`), or in a Redis Cluster
+//! (`redis+cluster://host:port[,host:port...]`, Redis 7.0 or later).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), scaled_sockets_scaler::ScalerError> {
@@ -23,11 +24,11 @@
 //!
 //! | key / channel | type | content |
 //! |---|---|---|
-//! | `{prefix}:ch:{<tag>}:meta` | hash | `e` = epoch, `o` = latest offset; TTL = history TTL |
+//! | `{prefix}:ch:{<tag>}:meta` | hash | `e` = epoch, `o` = latest offset, `n` = node id (cluster only); TTL = history TTL |
 //! | `{prefix}:ch:{<tag>}:stream` | stream | history: entry id `<offset>-0`, field `d` = payload; `MAXLEN` = history size; TTL = history TTL |
 //! | `{prefix}:ch:{<tag>}:presence` | hash | client id -> `{"c":client,"u":user,"i":instance}` |
 //! | `{prefix}:ipres:{<tag>}` | set | channels an instance added presence entries to |
-//! | `{prefix}:ch:{<tag>}:pub` | pub/sub | publications: `<offset>:<epoch>:<payload>` |
+//! | `{prefix}:ch:{<tag>}:pub` | pub/sub (sharded on a cluster) | publications: `<offset>:<epoch>:<payload>` |
 //! | `{prefix}:user:{<tag>}:pub`, `:sess:`, `:inst:` | pub/sub | raw payloads sent to a user, session, instance |
 //! | `{prefix}:probe:{<feed id>}` | pub/sub | a feed's liveness probes |
 //! | `{prefix}:{registry}:inst:<id>` | string | instance JSON; TTL = registration TTL |
@@ -48,6 +49,19 @@
 //! found through an index and draw from one counter, which a cluster allows only
 //! within one slot (so on a Redis Cluster each of the three lives on one node). Presence reads its channel's hash, then checks the instances it
 //! names in the registry slot: two slots, two round trips, no cross-slot command.
+//!
+//! # Redis Cluster
+//!
+//! Commands go over one cluster connection (per-node multiplexed connections,
+//! routed by slot, `MOVED`/`ASK` followed). Publish ends in `SPUBLISH` and
+//! feeds use `SSUBSCRIBE` (see `shard_feed`), so a channel's traffic stays on
+//! its shard. The publish and history scripts record the id of the node that
+//! wrote a channel and start a new epoch when another node runs them: a
+//! replica promoted after a failover may lack acknowledged publications, whose
+//! offsets must not be reused under the old epoch.
+//!
+//! With Sentinel, every (re)connect asks the Sentinels for the primary, and
+//! the scripts start a new epoch when a primary with another run id runs them.
 //!
 //! # Guarantees
 //!
@@ -112,8 +126,10 @@
 //! - `kv`: the versioned key-value family.
 //! - `feed`: the subscriber connection, its reader task, the probe and the
 //!   reconnect loop.
+//! - `shard_feed`: the feed on a Redis Cluster (sharded pub/sub).
 //! - `pubsub`: batched `SUBSCRIBE`/`UNSUBSCRIBE` and their confirmation.
-//! - `pool`: the command connections, timeouts and error mapping.
+//! - `pool`: the command connections (or the cluster connection), timeouts and
+//!   error mapping.
 //! - `scripts`: the Lua scripts.
 //! - `keys`: the key layout above and the hash-tag escaping.
 //! - `codec`: the publication envelope (registry and presence JSON is
@@ -124,7 +140,8 @@
 //!
 //! # Requirements
 //! Redis 6.2 or later (RESP3, streams, `SET ... NX PX`, multi-field `HSET`,
-//! script effects replication). `rediss://` uses rustls with the Mozilla roots; the
+//! script effects replication); Redis 7.0 or later for a Redis Cluster
+//! (sharded pub/sub). `rediss://` uses rustls with the Mozilla roots; the
 //! ring crypto provider is installed if the process has none.
 
 mod codec;
@@ -138,6 +155,7 @@ mod presence;
 mod pubsub;
 mod scaler;
 mod scripts;
+mod shard_feed;
 mod stats;
 mod sweep;
 
@@ -147,4 +165,5 @@ pub use config::{
     DEFAULT_SWEEP_INTERVAL, RedisConfig,
 };
 pub use scaler::RedisScaler;
+pub use scripts::publish_script_source;
 pub use stats::RedisStats;

@@ -17,7 +17,24 @@ impl RedisScaler {
         let keys = self.keys();
         // Two slots (the channel's and the instance's), so a pipeline rather
         // than a script: the entry, and the channel in the instance's set for
-        // the sweep when the instance leaves. One round trip.
+        // the sweep when the instance leaves. One round trip. On a cluster the
+        // two slots may live on different nodes: two commands, sent at once.
+        if self.is_cluster() {
+            let mut entry_cmd = redis::cmd("HSET");
+            entry_cmd
+                .arg(keys.channel_presence(channel))
+                .arg(&entry.client)
+                .arg(records::encode_presence(entry));
+            let mut index_cmd = redis::cmd("SADD");
+            index_cmd
+                .arg(keys.instance_presence(&entry.instance))
+                .arg(channel);
+            let (a, b) = tokio::join!(
+                self.pool().query::<i64>(&entry_cmd),
+                self.pool().query::<i64>(&index_cmd)
+            );
+            return a.and(b).map(drop);
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(keys.channel_presence(channel))

@@ -94,13 +94,22 @@ impl RedisScaler {
         if config.is_tls() {
             ensure_crypto_provider();
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            ScalerError::InvalidArgument(format!(
-                "invalid redis URL {}: {e}",
-                config.redacted_url()
-            ))
-        })?;
-        let pool = Arc::new(Pool::new(client, config.pool_size, config.command_timeout)?);
+        let pool = match (config.cluster_node_urls(), config.sentinel_spec()) {
+            (Some(nodes), _) => Pool::new_cluster(nodes?, config.command_timeout)?,
+            (None, Some(spec)) => {
+                Pool::new_sentinel(spec?, config.pool_size, config.command_timeout)?
+            }
+            (None, None) => {
+                let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+                    ScalerError::InvalidArgument(format!(
+                        "invalid redis URL {}: {e}",
+                        config.redacted_url()
+                    ))
+                })?;
+                Pool::new(client, config.pool_size, config.command_timeout)?
+            }
+        };
+        let pool = Arc::new(pool);
         pool.warm_up().await?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.prefix, "redis scaler connected");
         let inner = Arc::new(Inner {
@@ -130,6 +139,25 @@ impl RedisScaler {
 
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// True on a Redis Cluster: sharded pub/sub, and a new epoch when another
+    /// node runs a channel's scripts.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.inner.pool.cluster_nodes().is_some()
+    }
+
+    /// The script argument saying how the server identifies itself: a
+    /// cluster (`1`: node id, sharded pub/sub), a Sentinel-watched primary
+    /// (`2`: run id), a single server (`0`: not at all).
+    fn cluster_flag(&self) -> &'static str {
+        if self.is_cluster() {
+            "1"
+        } else if self.inner.pool.is_sentinel() {
+            "2"
+        } else {
+            "0"
+        }
     }
 
     /// The registry's live registrations (JSON) and the ids found gone by this
@@ -170,6 +198,16 @@ impl Scaler for RedisScaler {
     }
 
     async fn open_feed(&self, instance_id: &str) -> Result<Feed> {
+        if self.is_cluster() {
+            return crate::shard_feed::open(
+                self.inner.pool.clone(),
+                self.keys().clone(),
+                self.feed_settings(),
+                self.inner.counters.clone(),
+                instance_id,
+            )
+            .await;
+        }
         feed::open(
             self.inner.pool.clone(),
             self.keys().clone(),
@@ -195,7 +233,8 @@ impl Scaler for RedisScaler {
             .arg(options.history_size.min(i64::MAX as usize))
             .arg(ms(options.history_ttl))
             .arg(new_epoch())
-            .arg(keys.topic_channel(&Topic::channel(channel)));
+            .arg(keys.topic_channel(&Topic::channel(channel)))
+            .arg(self.cluster_flag());
         let (offset, epoch): (String, String) = self.pool().script(&call).await?;
         let offset = offset.parse().map_err(|_| backend("publish offset"))?;
         Ok(StreamPosition::new(offset, epoch))
@@ -203,13 +242,18 @@ impl Scaler for RedisScaler {
 
     /// One pipeline of the publish script on one connection: one write, one
     /// round trip, applied in order. If the connection fails part way, what
-    /// Redis applied is a prefix of the batch, and nothing is sent again.
+    /// Redis applied is a prefix of the batch, and nothing is sent again. On a
+    /// Redis Cluster the channels of a batch live on different shards, so
+    /// there is no one connection to keep their order on: one at a time.
     async fn publish_ordered(
         &self,
         items: &[(String, Bytes)],
         options: &PublishOptions,
     ) -> Vec<Result<StreamPosition>> {
-        if items.len() < 2 || items.iter().any(|(c, _)| check_channel(c).is_err()) {
+        if self.is_cluster()
+            || items.len() < 2
+            || items.iter().any(|(c, _)| check_channel(c).is_err())
+        {
             // Nothing to gain, or per-item errors to report: one at a time.
             let mut results = Vec::with_capacity(items.len());
             let mut broken = false;
@@ -228,41 +272,60 @@ impl Scaler for RedisScaler {
             return results;
         }
         let keys = self.keys();
-        let mut pipe = redis::pipe();
-        for (channel, payload) in items {
-            pipe.cmd("EVALSHA")
-                .arg(scripts::PUBLISH.get_hash())
-                .arg(2)
-                .arg(keys.channel_meta(channel))
-                .arg(keys.channel_stream(channel))
-                .arg(payload.as_ref())
-                .arg(options.history_size.min(i64::MAX as usize))
-                .arg(ms(options.history_ttl))
-                .arg(new_epoch())
-                .arg(keys.topic_channel(&Topic::channel(channel.as_str())));
-        }
-        let pipe = &pipe;
+        let flag = self.cluster_flag();
+        let calls: Vec<_> = items
+            .iter()
+            .map(|(channel, payload)| {
+                let mut call = scripts::PUBLISH.prepare_invoke();
+                call.key(keys.channel_meta(channel))
+                    .key(keys.channel_stream(channel))
+                    .arg(payload.as_ref())
+                    .arg(options.history_size.min(i64::MAX as usize))
+                    .arg(ms(options.history_ttl))
+                    .arg(new_epoch())
+                    .arg(keys.topic_channel(&Topic::channel(channel.as_str())))
+                    .arg(flag);
+                call
+            })
+            .collect();
+        // By hash (`EVALSHA`); and, for a server that has not loaded the
+        // script, the first by source (`EVAL` loads it there) and the rest by
+        // hash. Errors are read per command, so one failed publish does not
+        // hide the others' results.
+        let pipeline = |first_by_source: bool| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (i, call) in calls.iter().enumerate() {
+                pipe.add_command(call.cmd(first_by_source && i == 0));
+            }
+            pipe
+        };
+        let (by_hash, by_source) = (pipeline(false), pipeline(true));
+        let (by_hash, by_source) = (&by_hash, &by_source);
+        type Reply = Vec<redis::RedisResult<(String, String)>>;
+        let no_script = |r: &redis::RedisResult<(String, String)>| {
+            matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        };
         let replies = self
             .pool()
             .run(|mut conn| async move {
-                match pipe.query_async::<Vec<(String, String)>>(&mut conn).await {
-                    // Every command of the pipeline failed the same way (the
-                    // script is unknown, so none ran): load it and run them.
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        scripts::PUBLISH.load_async(&mut conn).await?;
-                        pipe.query_async::<Vec<(String, String)>>(&mut conn).await
-                    }
-                    other => other,
+                let replies: Reply = by_hash.query_async(&mut conn).await?;
+                // Only when every command failed for want of the script did
+                // none of them run; then sending them again applies each once.
+                // (A mix, the script loaded by another connection meanwhile,
+                // reports those publishes as failed rather than risk a repeat.)
+                if replies.iter().all(no_script) {
+                    return by_source.query_async::<Reply>(&mut conn).await;
                 }
+                Ok(replies)
             })
             .await;
+        let timeout = self.inner.config.command_timeout;
         match replies {
             Ok(replies) if replies.len() == items.len() => replies
                 .into_iter()
-                .map(|(offset, epoch)| {
+                .map(|reply| {
+                    let (offset, epoch) = reply.map_err(|e| crate::pool::map_error(e, timeout))?;
                     let offset = offset.parse().map_err(|_| backend("publish offset"))?;
                     Ok(StreamPosition::new(offset, epoch))
                 })
@@ -277,7 +340,11 @@ impl Scaler for RedisScaler {
 
     async fn send(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         check_send_topic(topic)?;
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
         cmd.arg(self.keys().topic_channel(topic))
             .arg(payload.as_ref());
         self.pool().query::<i64>(&cmd).await.map(drop)
@@ -299,6 +366,7 @@ impl Scaler for RedisScaler {
                 .arg(format!("{}-0", since.offset.saturating_add(1))),
             None => call.arg("").arg("").arg(0).arg(""),
         };
+        call.arg(self.cluster_flag());
         let reply: Value = self.pool().script(&call).await?;
         let Value::Array(items) = reply else {
             return Err(backend("history reply is not an array"));

@@ -4,8 +4,73 @@
 //! Offsets travel as decimal strings (`string.format('%d')`), never through
 //! Lua's `tostring`, which would switch to exponent notation for large numbers.
 
-use redis::Script;
+use redis::{Cmd, Script, ToRedisArgs};
 use std::sync::LazyLock;
+
+/// A Lua script: run by its SHA1 (`EVALSHA`), by its source (`EVAL`) when the
+/// node has not loaded it yet. (On a Redis Cluster a replica promoted by a
+/// failover has none of the scripts its primary had loaded; `EVAL` on the node
+/// the command reaches loads it there, where `SCRIPT LOAD` would have to reach
+/// every primary, which fails while one is down.)
+pub(crate) struct Lua {
+    script: Script,
+    source: String,
+}
+
+impl Lua {
+    fn new(source: impl Into<String>) -> Self {
+        let source = source.into();
+        Self {
+            script: Script::new(&source),
+            source,
+        }
+    }
+
+    /// A call of this script, to be given its keys and arguments.
+    pub(crate) fn prepare_invoke(&self) -> Invocation<'_> {
+        Invocation {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// One call of a [`Lua`] script with its keys and arguments.
+pub(crate) struct Invocation<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation<'_> {
+    /// Adds a key (routes the call on a cluster: the first key's slot).
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument.
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// `EVALSHA` (by hash) or `EVAL` (with the source) of this call.
+    pub(crate) fn cmd(&self, with_source: bool) -> Cmd {
+        let mut cmd = if with_source {
+            let mut c = redis::cmd("EVAL");
+            c.arg(&self.lua.source);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(self.lua.script.get_hash());
+            c
+        };
+        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+}
 
 /// Server time in milliseconds, for index scores.
 const NOW_MS: &str = r"
@@ -15,20 +80,51 @@ local function now_ms()
 end
 ";
 
+/// On a Redis Cluster (`flag` = `1`): the id of the node running the script;
+/// on a primary found through Sentinel (`2`): its run id (a replica promoted
+/// by Sentinel has another); else `''`. `meta` (HMGET e, n) belongs to a channel whose epoch must be new
+/// when a different node recorded it: a replica promoted after its primary
+/// failed may lack publications the primary already acknowledged (replication
+/// is asynchronous), and reusing their offsets under the old epoch would make
+/// subscribers that saw them take the new ones for duplicates. (A slot moved by
+/// resharding starts a new epoch too: the script cannot tell the two apart.)
+const NODE: &str = r"
+local function node_of(flag)
+  if flag == '1' then
+    return redis.call('CLUSTER', 'MYID')
+  end
+  if flag == '2' then
+    return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  end
+  return ''
+end
+local function epoch_stale(meta, node)
+  return not meta[1] or (node ~= '' and meta[2] ~= node)
+end
+";
+
 /// Publish: one atomic step for offset, epoch, history, TTL and delivery.
 ///
-/// KEYS: 1 meta hash, 2 history stream.
+/// KEYS: 1 meta hash (`e` epoch, `o` offset, `n` node id on a cluster),
+/// 2 history stream.
 /// ARGV: 1 payload, 2 history size, 3 TTL ms, 4 candidate epoch (used only when
-/// the channel has none), 5 pub/sub channel.
+/// the channel needs a new one), 5 pub/sub channel, 6 server flag (`1`: a
+/// cluster, sharded `SPUBLISH` and the node id check; `2`: Sentinel, the run
+/// id check; `0`: neither).
 /// Returns `{offset, epoch}` (offset as a decimal string).
-pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+pub(crate) static PUBLISH: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
+        r"{NODE}
+local node = node_of(ARGV[6])
+local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
+local epoch = meta[1]
+if epoch_stale(meta, node) then
   epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch)
+  if node ~= '' then
+    redis.call('HSET', KEYS[1], 'n', node)
+  end
 end
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'o', 1))
 if tonumber(ARGV[2]) > 0 then
@@ -38,11 +134,22 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[5], offset .. ':' .. epoch .. ':' .. ARGV[1])
-return {offset, epoch}
-",
-    )
+local envelope = offset .. ':' .. epoch .. ':' .. ARGV[1]
+if ARGV[6] == '1' then
+  redis.call('SPUBLISH', ARGV[5], envelope)
+else
+  redis.call('PUBLISH', ARGV[5], envelope)
+end
+return {{offset, epoch}}
+"
+    ))
 });
+
+/// The publish script's source, for tools that drive it without the scaler
+/// (the benchmark's `redis-benchmark` run): KEYS and ARGV as for [`PUBLISH`].
+pub fn publish_script_source() -> &'static str {
+    &PUBLISH.source
+}
 
 /// History: the channel's top (creating its epoch if missing) and, with a
 /// `since` position, the publications after it when all of them are still held.
@@ -50,56 +157,61 @@ return {offset, epoch}
 /// KEYS: 1 meta hash, 2 history stream.
 /// ARGV: 1 candidate epoch, 2 TTL ms for a newly created epoch, 3 since offset
 /// (empty: top only), 4 since epoch, 5 limit, 6 first wanted stream id
-/// (`<since+1>-0`).
+/// (`<since+1>-0`), 7 cluster flag (as for [`PUBLISH`]).
 /// Returns `{epoch, top, recovered (0/1), id1, payload1, id2, payload2, ...}`.
-pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+pub(crate) static HISTORY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
+        r"{NODE}
+local node = node_of(ARGV[7])
+local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
+local epoch = meta[1]
+if epoch_stale(meta, node) then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  if node ~= '' then
+    redis.call('HSET', KEYS[1], 'n', node)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local top = redis.call('HGET', KEYS[1], 'o') or '0'
 if ARGV[3] == '' then
-  return {epoch, top, 1}
+  return {{epoch, top, 1}}
 end
 if ARGV[4] ~= epoch then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local since = tonumber(ARGV[3])
 local topn = tonumber(top)
 if since > topn then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local missed = topn - since
 if missed == 0 then
-  return {epoch, top, 1}
+  return {{epoch, top, 1}}
 end
 if missed > tonumber(ARGV[5]) then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
 local entries = redis.call('XRANGE', KEYS[2], ARGV[6], '+', 'COUNT', string.format('%d', missed))
 if #entries ~= missed or entries[1][1] ~= ARGV[6] then
-  return {epoch, top, 0}
+  return {{epoch, top, 0}}
 end
-local out = {epoch, top, 1}
+local out = {{epoch, top, 1}}
 for _, entry in ipairs(entries) do
   out[#out + 1] = entry[1]
   out[#out + 1] = entry[2][2]
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// Registers or refreshes an instance.
 ///
 /// KEYS: 1 instance key, 2 registry index. ARGV: 1 JSON, 2 TTL ms, 3 id.
-pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static REGISTER: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]) + 1000, ARGV[3])
@@ -109,8 +221,8 @@ return 1
 });
 
 /// Removes an instance. KEYS: 1 instance key, 2 registry index. ARGV: 1 id.
-pub(crate) static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static UNREGISTER: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -127,8 +239,8 @@ return 1
 /// sweeps. An id is reported gone by exactly one call. The instance keys are
 /// computed from the index; they share the index's `{registry}` hash tag, so
 /// they are in its slot.
-pub(crate) static INSTANCES: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static INSTANCES: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}
 local gone = {{}}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
@@ -153,8 +265,8 @@ return {{out, gone}}
 /// Deletes a channel's presence entries of one instance.
 ///
 /// KEYS: 1 presence hash. ARGV: 1 instance id. Returns how many were deleted.
-pub(crate) static PRESENCE_SWEEP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static PRESENCE_SWEEP: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local n = 0
 local all = redis.call('HGETALL', KEYS[1])
@@ -180,8 +292,8 @@ return n
 /// KEYS: 1 lease key, 2 lease index, 3 token counter. ARGV: 1 owner, 2 TTL ms,
 /// 3 lease name.
 /// Returns `{1, owner, token}` when acquired, `{0, holder, token}` otherwise.
-pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}
 local cur = redis.call('GET', KEYS[1])
 local token
@@ -206,8 +318,8 @@ return {{1, ARGV[1], token}}
 /// Extends a lease if the caller holds it with this token.
 ///
 /// KEYS: 1 lease key, 2 lease index. ARGV: 1 `<token>:<owner>`, 2 TTL ms, 3 lease name.
-pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -222,8 +334,8 @@ return 1
 /// Gives up a lease if the caller holds it with this token.
 ///
 /// KEYS: 1 lease key, 2 lease index. ARGV: 1 `<token>:<owner>`, 2 lease name.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -240,8 +352,8 @@ return 1
 /// KEYS: 1 lease index. ARGV: 1 lease key prefix, 2 name prefix.
 /// Returns `{name1, value1, name2, value2, ...}` (values `<token>:<owner>`).
 /// Lease keys share the index's `{lease}` hash tag.
-pub(crate) static LEASES: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static LEASES: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
 local out = {{}}
@@ -277,8 +389,8 @@ end
 /// Forgets up to 1000 expired names in the key-value indexes (the sweep).
 ///
 /// KEYS: 1 names, 2 exp. Returns how many names were still indexed before.
-pub(crate) static KV_SWEEP_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static KV_SWEEP_EXPIRED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}
 kv_sweep(KEYS[1], KEYS[2], 1000)
 return redis.call('ZCARD', KEYS[2])
@@ -316,8 +428,8 @@ end
 /// ARGV: 1 value, 2 mode (`any`, `create`, `rev`, `fence`), 3 mode argument,
 /// 4 TTL ms (`0`: none), 5 name.
 /// Returns `{1, revision}` or `{0, conflict message}`.
-pub(crate) static KV_PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static KV_PUT: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}{KV_MODE}
 kv_sweep(KEYS[2], KEYS[3], 16)
 local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
@@ -349,8 +461,8 @@ return {{1, rev}}
 /// KEYS: 1 item, 2 names, 3 exp. ARGV: 1 mode (`any`, `rev`, `fence`), 2 mode
 /// argument, 3 name.
 /// Returns `{1, deleted (0/1)}` or `{0, conflict message}`.
-pub(crate) static KV_DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static KV_DELETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{KV_MODE}
 local cur = redis.call('HMGET', KEYS[1], 'r', 'f')
 local why = kv_conflict(ARGV[1], ARGV[2], cur[1], cur[2])
@@ -368,8 +480,8 @@ return {{1, redis.call('DEL', KEYS[1])}}
 ///
 /// KEYS: 1 names, 2 exp. ARGV: 1 item key prefix, 2 lex min, 3 lex max, 4 limit.
 /// Returns `{name1, value1, revision1, ...}`.
-pub(crate) static KV_LIST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static KV_LIST: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
         r"{NOW_MS}{KV_SWEEP}
 kv_sweep(KEYS[1], KEYS[2], 1000)
 local out = {{}}

@@ -1,0 +1,446 @@
+//! A primary of a Redis Cluster dies under a steady publish load.
+//!
+//! A private cluster (3 primaries, 3 replicas, `cluster-node-timeout` 1 s) and
+//! three scaler instances on it. Instance A publishes to a channel every 10 ms
+//! (round-robin over A, B, C); B and C subscribe to it, each keeping its
+//! position like a client does (gap check on every publication, recovery from
+//! history after `Resumed`). The primary serving the channel's slot is killed.
+//! The test shows:
+//! - its replica takes over (the slot's primary changes to the old replica);
+//! - every failed publish answered `unavailable` or `timeout` (never another
+//!   error, never a hang beyond the command timeout);
+//! - no acknowledged publication vanishes silently: each subscriber received
+//!   it, or was told `recovered: false` for a position covering it;
+//! - publications after the switch carry a new epoch (the promoted replica may
+//!   lack acknowledged publications; their offsets are not reused under the
+//!   old epoch);
+//! - publishing and delivery work again within the failover time plus 5 s.
+
+use bytes::Bytes;
+use scaled_sockets_redis::{RedisConfig, RedisScaler};
+use scaled_sockets_scaler::{
+    Feed, FeedEvent, HistoryRequest, PublishOptions, Scaler, StreamPosition, Topic,
+};
+use scaled_sockets_test_harness::RedisCluster;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+async fn scaler(url: &str, prefix: &str) -> Arc<dyn Scaler> {
+    let config = RedisConfig::from_url(url)
+        .expect("url")
+        .with_prefix(prefix)
+        .with_command_timeout(Duration::from_secs(2))
+        .with_probe(Duration::from_millis(500), Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
+    Arc::new(RedisScaler::connect(config).await.expect("connect"))
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    /// Payloads received (live or recovered), in order.
+    received: Vec<String>,
+    /// Every `recovered: false`: the top it moved to.
+    lost_until: Vec<StreamPosition>,
+    /// Its position: the last publication it has.
+    pos: Option<StreamPosition>,
+    interruptions: usize,
+    /// Control events and recoveries, for the failure message.
+    log: Vec<String>,
+}
+
+impl Seen {
+    /// True when a `recovered: false` covers a publication at `at`.
+    fn reported(&self, at: &StreamPosition) -> bool {
+        self.lost_until
+            .iter()
+            .any(|top| top.epoch != at.epoch || at.offset <= top.offset)
+    }
+}
+
+/// Repairs a subscriber's gap from history, as a client does.
+async fn recover(scaler: &dyn Scaler, channel: &str, seen: &Mutex<Seen>) {
+    let since = seen.lock().unwrap().pos.clone();
+    let request = HistoryRequest {
+        since: since.clone(),
+        limit: 10_000,
+        ..HistoryRequest::default()
+    };
+    // Retried: the shard may still be failing over.
+    let page = loop {
+        match scaler.history(channel, &request).await {
+            Ok(page) => break page,
+            Err(e) => {
+                assert!(e.is_unavailable(), "history failed with {e:?}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut seen = seen.lock().unwrap();
+    seen.log.push(format!(
+        "history since {since:?}: recovered {} ({} publications, top {:?})",
+        page.recovered,
+        page.publications.len(),
+        page.top
+    ));
+    if page.recovered {
+        for p in page.publications {
+            let newer = seen
+                .pos
+                .as_ref()
+                .is_none_or(|pos| pos.epoch != p.epoch || p.offset > pos.offset);
+            if newer {
+                seen.received
+                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+                seen.pos = Some(StreamPosition::new(p.offset, p.epoch.to_string()));
+            }
+        }
+    } else {
+        seen.lost_until.push(page.top.clone());
+        seen.pos = Some(page.top);
+    }
+}
+
+/// Reads a subscriber's feed until `stop`, keeping `seen` up to date.
+async fn subscriber(
+    scaler: Arc<dyn Scaler>,
+    mut feed: Feed,
+    channel: String,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.notified() => return,
+            event = feed.events.recv() => event.expect("feed open"),
+        };
+        match event {
+            FeedEvent::Publication(p) => {
+                let (in_order, duplicate) = {
+                    let s = seen.lock().unwrap();
+                    match &s.pos {
+                        None => (true, false),
+                        Some(pos) if *pos.epoch == *p.epoch => {
+                            (p.offset == pos.offset + 1, p.offset <= pos.offset)
+                        }
+                        Some(_) => (false, false),
+                    }
+                };
+                if duplicate {
+                    continue;
+                }
+                if !in_order {
+                    recover(&*scaler, &channel, &seen).await;
+                }
+                let mut s = seen.lock().unwrap();
+                let next = match &s.pos {
+                    None => true,
+                    Some(pos) => *pos.epoch == *p.epoch && p.offset == pos.offset + 1,
+                };
+                if next {
+                    s.received
+                        .push(String::from_utf8_lossy(&p.payload).into_owned());
+                    s.pos = Some(StreamPosition::new(p.offset, p.epoch.to_string()));
+                }
+            }
+            FeedEvent::Interrupted => {
+                let mut s = seen.lock().unwrap();
+                s.interruptions += 1;
+                s.log.push("Interrupted".into());
+            }
+            FeedEvent::Resumed => {
+                seen.lock().unwrap().log.push("Resumed".into());
+                recover(&*scaler, &channel, &seen).await
+            }
+            other => seen.lock().unwrap().log.push(format!("{other:?}")),
+        }
+    }
+}
+
+/// One acknowledged publish.
+struct Acked {
+    payload: String,
+    at: StreamPosition,
+    when: Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_dies_under_publish_load() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut cluster =
+        tokio::task::block_in_place(|| RedisCluster::start(3, Duration::from_millis(1000)));
+    let url = cluster.url();
+    let prefix = format!("failover-{}", uuid::Uuid::new_v4().simple());
+    let instances = [
+        scaler(&url, &prefix).await,
+        scaler(&url, &prefix).await,
+        scaler(&url, &prefix).await,
+    ];
+    let channel = format!("load-{}", uuid::Uuid::new_v4().simple());
+    // The slot of the channel's keys: they carry the channel as hash tag.
+    let slot = cluster.slot_of(&channel);
+    let victim = cluster.primary_of_slot(slot).expect("slot served");
+
+    // Subscribers on B and C, positioned at the channel's top.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut subscribers = Vec::new();
+    let mut seens = Vec::new();
+    let mut controls = Vec::new();
+    for (i, s) in instances.iter().enumerate().skip(1) {
+        let feed = s.open_feed(&format!("inst-{i}")).await.expect("feed");
+        feed.control
+            .subscribe(&[Topic::channel(channel.as_str())])
+            .await
+            .expect("subscribe");
+        let top = s
+            .history(&channel, &HistoryRequest::default())
+            .await
+            .expect("top")
+            .top;
+        controls.push(feed.control.clone());
+        let seen = Arc::new(Mutex::new(Seen {
+            pos: Some(top),
+            ..Seen::default()
+        }));
+        seens.push(seen.clone());
+        subscribers.push(tokio::spawn(subscriber(
+            s.clone(),
+            feed,
+            channel.clone(),
+            seen,
+            stop.clone(),
+        )));
+    }
+
+    // The publish load: every 10 ms, round-robin over the instances.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (acked, failures, publishing) = (acked.clone(), failures.clone(), publishing.clone());
+        let instances = instances.clone();
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while publishing.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let payload = format!("m{n}");
+                let started = Instant::now();
+                let s = &instances[n as usize % 3];
+                match s
+                    .publish(
+                        &channel,
+                        Bytes::from(payload.clone()),
+                        &PublishOptions::default(),
+                    )
+                    .await
+                {
+                    Ok(at) => acked.lock().unwrap().push(Acked {
+                        payload,
+                        at,
+                        when: Instant::now(),
+                    }),
+                    Err(e) => {
+                        assert!(
+                            e.is_unavailable(),
+                            "a publish during the failover failed with {e:?}"
+                        );
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push((e.to_string(), started.elapsed()));
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    sleep(Duration::from_secs(1)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(before_kill > 20, "the load runs before the kill");
+    let old_epoch = acked
+        .lock()
+        .unwrap()
+        .last()
+        .expect("acked")
+        .at
+        .epoch
+        .clone();
+    let killed_at = Instant::now();
+    tokio::task::block_in_place(|| cluster.kill_node(victim));
+
+    // The replica takes over.
+    let promoted = loop {
+        let now = tokio::task::block_in_place(|| cluster.primary_of_slot(slot));
+        if let Some(port) = now.filter(|p| *p != victim) {
+            break port;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no replica took over slot {slot} within 30 s"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    let failover_time = killed_at.elapsed();
+    let promoted_at = Instant::now();
+    assert_ne!(promoted, victim);
+
+    // Publishing works again within the failover time plus 5 s.
+    let recovered_at = loop {
+        let first_after = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.when > promoted_at || a.when > killed_at && a.at.epoch != old_epoch)
+            .map(|a| a.when);
+        if let Some(when) = first_after {
+            break when;
+        }
+        assert!(
+            promoted_at.elapsed() < Duration::from_secs(5),
+            "no publish succeeded within 5 s of the failover ({failover_time:?})"
+        );
+        sleep(Duration::from_millis(50)).await;
+    };
+    // Every feed is live again within the failover time plus 5 s.
+    let deadline = promoted_at + Duration::from_secs(5);
+    while !controls.iter().all(|c| c.is_live()) {
+        assert!(
+            Instant::now() < deadline,
+            "the feeds were not live again within 5 s of the failover"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let live_again = promoted_at.elapsed();
+    // Let the load run on the new primary, then stop it.
+    sleep(Duration::from_secs(2)).await;
+    publishing.store(false, std::sync::atomic::Ordering::SeqCst);
+    load.await.expect("load task");
+
+    // Every subscriber gets a final publication.
+    let final_payload = "final".to_owned();
+    let fin = loop {
+        match instances[0]
+            .publish(
+                &channel,
+                Bytes::from(final_payload.clone()),
+                &PublishOptions::default(),
+            )
+            .await
+        {
+            Ok(at) => break at,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "final publish still failing: {e}"
+                );
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for (seen, control) in seens.iter().zip(&controls) {
+        let wait = Instant::now() + Duration::from_secs(3);
+        loop {
+            if seen.lock().unwrap().received.contains(&final_payload) {
+                break;
+            }
+            if Instant::now() >= wait {
+                let report = {
+                    let s = seen.lock().unwrap();
+                    format!(
+                        "at {:?}, last {:?}, live {}, events {:?}",
+                        s.pos,
+                        s.received.last(),
+                        control.is_live(),
+                        s.log
+                    )
+                };
+                let pubsub = format!("{prefix}:ch:{{{channel}}}:pub");
+                let subs: Vec<String> = cluster
+                    .ports()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{p}: {} / {}",
+                            scaled_sockets_test_harness::redis_cli(
+                                *p,
+                                &["PUBSUB", "SHARDNUMSUB", &pubsub]
+                            )
+                            .replace('\n', " "),
+                            scaled_sockets_test_harness::redis_cli(*p, &["ROLE"])
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .to_owned()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "a subscriber did not get the final publication {fin:?}: {report}; slot {slot} on {:?}, subscribers {subs:?}",
+                    cluster.primary_of_slot(slot)
+                );
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.notify_waiters();
+    for s in subscribers {
+        let _ = timeout(Duration::from_secs(5), s).await;
+    }
+
+    // No acknowledged publication vanished silently.
+    let acked = acked.lock().unwrap();
+    let failures = failures.lock().unwrap();
+    for (i, seen) in seens.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        let got: HashSet<&str> = seen.received.iter().map(String::as_str).collect();
+        for a in acked.iter() {
+            assert!(
+                got.contains(a.payload.as_str()) || seen.reported(&a.at),
+                "subscriber {i}: acknowledged {} at {:?} neither delivered nor reported lost",
+                a.payload,
+                a.at
+            );
+        }
+        assert!(got.contains(final_payload.as_str()));
+        eprintln!(
+            "subscriber {i}: {} received, {} interruptions, recovered:false {} times",
+            seen.received.len(),
+            seen.interruptions,
+            seen.lost_until.len()
+        );
+    }
+    // After the switch the channel is in a new epoch.
+    assert_ne!(
+        fin.epoch, old_epoch,
+        "a promoted replica starts a new epoch"
+    );
+    let worst = failures.iter().map(|f| f.1).max().unwrap_or_default();
+    eprintln!(
+        "failover: replica {promoted} took over from {victim} after {failover_time:?}; \
+         first publish acknowledged {:?} after the kill; {} acknowledged, {} failed \
+         (unavailable/timeout, slowest answer {worst:?}); feeds live again {live_again:?} \
+         after the promotion; final at {:?}",
+        recovered_at - killed_at,
+        acked.len(),
+        failures.len(),
+        fin
+    );
+    assert!(
+        !failures.is_empty(),
+        "publishes to the dead shard answered unavailable/timeout during the switch"
+    );
+    assert!(
+        worst <= Duration::from_millis(2500),
+        "a failed publish took {worst:?} (command timeout 2 s)"
+    );
+}

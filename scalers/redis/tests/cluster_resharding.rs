@@ -1,0 +1,290 @@
+//! A Redis Cluster moves a loaded channel's slot to another primary
+//! (resharding) while it is published to.
+//!
+//! A private cluster (3 primaries, 3 replicas), two scaler instances: A
+//! publishes to a channel every 10 ms, B subscribes and keeps its position
+//! like a client does. The channel's slot is moved to another primary with
+//! its keys (`IMPORTING`/`MIGRATING`, `MIGRATE`, `SETSLOT NODE`). The test
+//! shows that publishes only ever fail with `unavailable`/`timeout` (the
+//! cluster connection follows `ASK` and `MOVED`), that the feed notices the
+//! server dropping its sharded subscription, re-subscribes on the new owner
+//! and delivers again, that the new owner starts a new epoch, and that every
+//! acknowledged publication is received or covered by `recovered: false`.
+
+use bytes::Bytes;
+use scaled_sockets_redis::{RedisConfig, RedisScaler};
+use scaled_sockets_scaler::{
+    Feed, FeedEvent, HistoryRequest, PublishOptions, Scaler, StreamPosition, Topic,
+};
+use scaled_sockets_test_harness::RedisCluster;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+async fn scaler(url: &str, prefix: &str) -> Arc<dyn Scaler> {
+    let config = RedisConfig::from_url(url)
+        .expect("url")
+        .with_prefix(prefix)
+        .with_command_timeout(Duration::from_secs(2))
+        .with_probe(Duration::from_millis(500), Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
+    Arc::new(RedisScaler::connect(config).await.expect("connect"))
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    /// Payloads received (live or recovered), in order.
+    received: Vec<String>,
+    /// Every `recovered: false`: the top it moved to.
+    lost_until: Vec<StreamPosition>,
+    /// Its position: the last publication it has.
+    pos: Option<StreamPosition>,
+    interruptions: usize,
+    /// Control events and recoveries, for the failure message.
+    log: Vec<String>,
+}
+
+impl Seen {
+    /// True when a `recovered: false` covers a publication at `at`.
+    fn reported(&self, at: &StreamPosition) -> bool {
+        self.lost_until
+            .iter()
+            .any(|top| top.epoch != at.epoch || at.offset <= top.offset)
+    }
+}
+
+/// Repairs a subscriber's gap from history, as a client does.
+async fn recover(scaler: &dyn Scaler, channel: &str, seen: &Mutex<Seen>) {
+    let since = seen.lock().unwrap().pos.clone();
+    let request = HistoryRequest {
+        since: since.clone(),
+        limit: 10_000,
+        ..HistoryRequest::default()
+    };
+    // Retried: the shard may still be failing over.
+    let page = loop {
+        match scaler.history(channel, &request).await {
+            Ok(page) => break page,
+            Err(e) => {
+                assert!(e.is_unavailable(), "history failed with {e:?}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut seen = seen.lock().unwrap();
+    seen.log.push(format!(
+        "history since {since:?}: recovered {} ({} publications, top {:?})",
+        page.recovered,
+        page.publications.len(),
+        page.top
+    ));
+    if page.recovered {
+        for p in page.publications {
+            let newer = seen
+                .pos
+                .as_ref()
+                .is_none_or(|pos| pos.epoch != p.epoch || p.offset > pos.offset);
+            if newer {
+                seen.received
+                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+                seen.pos = Some(StreamPosition::new(p.offset, p.epoch.to_string()));
+            }
+        }
+    } else {
+        seen.lost_until.push(page.top.clone());
+        seen.pos = Some(page.top);
+    }
+}
+
+/// Reads a subscriber's feed until `stop`, keeping `seen` up to date.
+async fn subscriber(
+    scaler: Arc<dyn Scaler>,
+    mut feed: Feed,
+    channel: String,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.notified() => return,
+            event = feed.events.recv() => event.expect("feed open"),
+        };
+        match event {
+            FeedEvent::Publication(p) => {
+                let (in_order, duplicate) = {
+                    let s = seen.lock().unwrap();
+                    match &s.pos {
+                        None => (true, false),
+                        Some(pos) if *pos.epoch == *p.epoch => {
+                            (p.offset == pos.offset + 1, p.offset <= pos.offset)
+                        }
+                        Some(_) => (false, false),
+                    }
+                };
+                if duplicate {
+                    continue;
+                }
+                if !in_order {
+                    recover(&*scaler, &channel, &seen).await;
+                }
+                let mut s = seen.lock().unwrap();
+                let next = match &s.pos {
+                    None => true,
+                    Some(pos) => *pos.epoch == *p.epoch && p.offset == pos.offset + 1,
+                };
+                if next {
+                    s.received
+                        .push(String::from_utf8_lossy(&p.payload).into_owned());
+                    s.pos = Some(StreamPosition::new(p.offset, p.epoch.to_string()));
+                }
+            }
+            FeedEvent::Interrupted => {
+                let mut s = seen.lock().unwrap();
+                s.interruptions += 1;
+                s.log.push("Interrupted".into());
+            }
+            FeedEvent::Resumed => {
+                seen.lock().unwrap().log.push("Resumed".into());
+                recover(&*scaler, &channel, &seen).await
+            }
+            other => seen.lock().unwrap().log.push(format!("{other:?}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_channel_moves_to_another_shard() {
+    let cluster =
+        tokio::task::block_in_place(|| RedisCluster::start(3, Duration::from_millis(1000)));
+    let url = cluster.url();
+    let prefix = format!("reshard-{}", uuid::Uuid::new_v4().simple());
+    let publisher = scaler(&url, &prefix).await;
+    let reader = scaler(&url, &prefix).await;
+    let channel = format!("moving-{}", uuid::Uuid::new_v4().simple());
+    let slot = cluster.slot_of(&channel);
+    let from = cluster.primary_of_slot(slot).expect("slot served");
+    let to = *cluster
+        .primary_ports()
+        .iter()
+        .find(|p| **p != from)
+        .expect("another primary");
+
+    let feed = reader.open_feed("reader").await.expect("feed");
+    let control = feed.control.clone();
+    feed.control
+        .subscribe(&[Topic::channel(channel.as_str())])
+        .await
+        .expect("subscribe");
+    let top = reader
+        .history(&channel, &HistoryRequest::default())
+        .await
+        .expect("top")
+        .top;
+    let seen = Arc::new(Mutex::new(Seen {
+        pos: Some(top),
+        ..Seen::default()
+    }));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let reading = tokio::spawn(subscriber(
+        reader.clone(),
+        feed,
+        channel.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
+
+    let acked: Arc<Mutex<Vec<(String, StreamPosition)>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (acked, failures, publishing) = (acked.clone(), failures.clone(), publishing.clone());
+        let publisher = publisher.clone();
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while publishing.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let payload = format!("m{n}");
+                match publisher
+                    .publish(
+                        &channel,
+                        Bytes::from(payload.clone()),
+                        &PublishOptions::default(),
+                    )
+                    .await
+                {
+                    Ok(at) => acked.lock().unwrap().push((payload, at)),
+                    Err(e) => {
+                        assert!(
+                            e.is_unavailable(),
+                            "a publish during resharding failed with {e:?}"
+                        );
+                        failures.lock().unwrap().push(e.to_string());
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    sleep(Duration::from_secs(1)).await;
+    let old_epoch = acked.lock().unwrap().last().expect("acked").1.epoch.clone();
+    tokio::task::block_in_place(|| cluster.move_slot(slot, to));
+    let moved_at = Instant::now();
+    assert_eq!(cluster.primary_of_slot(slot), Some(to), "the slot moved");
+    sleep(Duration::from_secs(2)).await;
+    publishing.store(false, std::sync::atomic::Ordering::SeqCst);
+    load.await.expect("load task");
+
+    // The feed is live on the new owner and delivers a final publication.
+    let deadline = moved_at + Duration::from_secs(5);
+    while !control.is_live() {
+        assert!(
+            Instant::now() < deadline,
+            "the feed is not live 5 s after the move"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let fin = publisher
+        .publish(
+            &channel,
+            Bytes::from_static(b"final"),
+            &PublishOptions::default(),
+        )
+        .await
+        .expect("publish after the move");
+    let wait = Instant::now() + Duration::from_secs(3);
+    while !seen.lock().unwrap().received.iter().any(|p| p == "final") {
+        if Instant::now() > wait {
+            let log = seen.lock().unwrap().log.clone();
+            panic!("the final publication {fin:?} was not delivered: {log:?}");
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    stop.notify_waiters();
+    let _ = timeout(Duration::from_secs(5), reading).await;
+
+    assert_ne!(fin.epoch, old_epoch, "the new owner starts a new epoch");
+    let seen = seen.lock().unwrap();
+    let got: HashSet<&str> = seen.received.iter().map(String::as_str).collect();
+    let acked = acked.lock().unwrap();
+    for (payload, at) in acked.iter() {
+        assert!(
+            got.contains(payload.as_str()) || seen.reported(at),
+            "acknowledged {payload} at {at:?} neither delivered nor reported lost"
+        );
+    }
+    eprintln!(
+        "resharding: slot {slot} moved from {from} to {to}; {} acknowledged, {} failed \
+         (unavailable/timeout), {} received, {} interruptions, recovered:false {} times",
+        acked.len(),
+        failures.lock().unwrap().len(),
+        seen.received.len(),
+        seen.interruptions,
+        seen.lost_until.len()
+    );
+}
