@@ -107,11 +107,6 @@ impl SessionData {
         Ok(removed)
     }
 
-    /// True when the session has any data.
-    pub(crate) async fn exists(&self) -> Result<bool, CommandError> {
-        Ok(self.scaler.kv_get(&self.key).await?.is_some())
-    }
-
     /// Renews the data's lifetime (the session is still in use), if it has any.
     pub(crate) async fn touch(&self) -> Result<(), CommandError> {
         let current = self.scaler.kv_get(&self.key).await?;
