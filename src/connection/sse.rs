@@ -22,8 +22,13 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use serde_json::value::RawValue;
 use std::{
-    collections::{BTreeMap, VecDeque}, convert::Infallible, future::Future, pin::pin, sync::atomic::Ordering,
-    task::Poll, time::Duration,
+    collections::{BTreeMap, VecDeque},
+    convert::Infallible,
+    future::Future,
+    pin::pin,
+    sync::atomic::Ordering,
+    task::Poll,
+    time::Duration,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

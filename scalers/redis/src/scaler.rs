@@ -303,9 +303,7 @@ impl Scaler for RedisScaler {
         let (by_hash, by_source) = (pipeline(false), pipeline(true));
         let (by_hash, by_source) = (&by_hash, &by_source);
         type Reply = Vec<redis::RedisResult<(String, String)>>;
-        let no_script = |r: &redis::RedisResult<(String, String)>| {
-            matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        };
+        let no_script = |r: &redis::RedisResult<(String, String)>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
         let replies = self
             .pool()
             .run(|mut conn| async move {
