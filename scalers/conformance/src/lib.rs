@@ -26,6 +26,7 @@
 //! - `restart`: backend outages.
 
 mod feed;
+pub mod follower;
 mod history;
 mod kv;
 mod leases;
