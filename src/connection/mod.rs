@@ -73,8 +73,8 @@ struct Conn {
     /// `max_subscriptions` of them: nothing to flood).
     subs: HashMap<Arc<str>, ChannelSub, foldhash::fast::RandomState>,
     pending: HashSet<u64>,
-    server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
-    next_server_ask: u64,
+    /// What few connections ever need; `None` (8 bytes) until one does.
+    rare: Option<Box<Rare>>,
     next_generation: u64,
     bucket: TokenBucket,
     /// Rate limit of subscribe, unsubscribe and presence.
@@ -87,17 +87,26 @@ struct Conn {
     presence_chain: Option<oneshot::Receiver<()>>,
     /// Completion of this connection's latest session write.
     session_chain: Option<oneshot::Receiver<()>>,
-    /// Subscribes of a channel whose subscription was still being set up:
-    /// (channel, id), answered when it completes. Empty, and so unallocated,
-    /// almost always.
-    waiting_subscribes: Vec<(Arc<str>, u64)>,
     /// `positions_fingerprint` and hub clock of the last session save.
     saved_fingerprint: u64,
     saved_at_ms: u64,
     /// Hub clock when the session's data was last renewed.
     data_touched_at_ms: u64,
-    /// When the recent bad frames came (a sliding 10 s window; empty, and so
-    /// unallocated, for well-behaved clients).
+}
+
+/// The part of a connection's state that most connections never use: boxed
+/// on first use, so an idle connection carries a pointer instead of ~110
+/// bytes of empty tables.
+#[derive(Default)]
+struct Rare {
+    /// The server's asks waiting for the client's answer, by id.
+    server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
+    /// The id of the last server ask (the first is 1).
+    last_server_ask: u64,
+    /// Subscribes of a channel whose subscription was still being set up:
+    /// (channel, id), answered when it completes.
+    waiting_subscribes: Vec<(Arc<str>, u64)>,
+    /// When the recent bad frames came (a sliding 10 s window).
     bad: VecDeque<Instant>,
 }
 
@@ -151,6 +160,11 @@ async fn set_up(
 }
 
 impl Conn {
+    /// The rarely used state, allocated on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     fn context(&self) -> Context {
         Context {
             client: self.handle.client.clone(),
@@ -232,10 +246,11 @@ impl Conn {
                 }
             }
             ConnEvent::ServerAsk { event, data, reply } => {
-                let id = self.next_server_ask;
-                self.next_server_ask += 1;
-                self.server_asks.retain(|_, tx| !tx.is_closed());
-                self.server_asks.insert(id, reply);
+                let rare = self.rare();
+                rare.last_server_ask += 1;
+                let id = rare.last_server_ask;
+                rare.server_asks.retain(|_, tx| !tx.is_closed());
+                rare.server_asks.insert(id, reply);
                 out.push(protocol::ask(id, &event, data.get(), None).into());
             }
             ConnEvent::ServerSubscribe { channel } => {
@@ -289,8 +304,10 @@ impl Conn {
             self.hub
                 .leave_topic(&Topic::User(user.clone()), self.handle.key);
         }
-        for (_, tx) in self.server_asks.drain() {
-            let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
+        if let Some(rare) = &mut self.rare {
+            for (_, tx) in rare.server_asks.drain() {
+                let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
+            }
         }
         let record = self.closing_record();
         let hook = self
