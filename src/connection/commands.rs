@@ -38,15 +38,16 @@ impl Conn {
         Metrics::inc(&self.hub.metrics.bad_frames_total);
         out.push(protocol::error(id, ErrorCode::BadRequest, message).into());
         let now = Instant::now();
-        while self
-            .bad
+        let max_bad_frames = self.hub.config.max_bad_frames as usize;
+        let bad = &mut self.rare().bad;
+        while bad
             .front()
             .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(10))
         {
-            self.bad.pop_front();
+            bad.pop_front();
         }
-        self.bad.push_back(now);
-        self.bad.len() > self.hub.config.max_bad_frames as usize
+        bad.push_back(now);
+        bad.len() > max_bad_frames
     }
 
     /// Claims a command id; a duplicate of a pending one is a bad frame
@@ -175,12 +176,12 @@ impl Conn {
             },
             ClientFrame::Presence { id, channel } => self.on_presence(id, channel, out),
             ClientFrame::Reply { id, data } => {
-                if let Some(tx) = self.server_asks.remove(&id) {
+                if let Some(tx) = self.rare.as_mut().and_then(|r| r.server_asks.remove(&id)) {
                     let _ = tx.send(Ok(Data::from(data)));
                 }
             }
             ClientFrame::Error { id, code, message } => {
-                if let Some(tx) = self.server_asks.remove(&id) {
+                if let Some(tx) = self.rare.as_mut().and_then(|r| r.server_asks.remove(&id)) {
                     let code = ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal);
                     let _ = tx.send(Err(CommandError::new(code, message)));
                 }
@@ -211,6 +212,7 @@ impl Conn {
             // Being set up (say, restored from the session the client just
             // resumed): answered when that completes, with its position.
             None => self
+                .rare()
                 .waiting_subscribes
                 .push((request.channel.as_str().into(), id)),
         }

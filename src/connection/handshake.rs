@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use scaled_sockets_scaler::Topic;
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::Arc,
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -240,16 +240,13 @@ pub(super) async fn welcome(
         identity,
         subs: HashMap::default(),
         pending: HashSet::new(),
-        server_asks: HashMap::new(),
-        next_server_ask: 1,
+        rare: None,
         next_generation: 1,
         bucket: TokenBucket::new(publish_rate, publish_rate.saturating_mul(2)),
         command_bucket: TokenBucket::new(subscribe_rate, subscribe_rate.saturating_mul(2)),
-        bad: VecDeque::new(),
         publishes: None,
         presence_chain: None,
         session_chain: None,
-        waiting_subscribes: Vec::new(),
         saved_fingerprint: 0,
         saved_at_ms: 0,
         data_touched_at_ms: hub.clock_ms(),

@@ -73,8 +73,8 @@ struct Conn {
     /// `max_subscriptions` of them: nothing to flood).
     subs: HashMap<Arc<str>, ChannelSub, foldhash::fast::RandomState>,
     pending: HashSet<u64>,
-    server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
-    next_server_ask: u64,
+    /// What few connections ever need; `None` (8 bytes) until one does.
+    rare: Option<Box<Rare>>,
     next_generation: u64,
     bucket: TokenBucket,
     /// Rate limit of subscribe, unsubscribe and presence.
@@ -87,17 +87,26 @@ struct Conn {
     presence_chain: Option<oneshot::Receiver<()>>,
     /// Completion of this connection's latest session write.
     session_chain: Option<oneshot::Receiver<()>>,
-    /// Subscribes of a channel whose subscription was still being set up:
-    /// (channel, id), answered when it completes. Empty, and so unallocated,
-    /// almost always.
-    waiting_subscribes: Vec<(Arc<str>, u64)>,
     /// `positions_fingerprint` and hub clock of the last session save.
     saved_fingerprint: u64,
     saved_at_ms: u64,
     /// Hub clock when the session's data was last renewed.
     data_touched_at_ms: u64,
-    /// When the recent bad frames came (a sliding 10 s window; empty, and so
-    /// unallocated, for well-behaved clients).
+}
+
+/// The part of a connection's state that most connections never use: boxed
+/// on first use, so an idle connection carries a pointer instead of ~110
+/// bytes of empty tables.
+#[derive(Default)]
+struct Rare {
+    /// The server's asks waiting for the client's answer, by id.
+    server_asks: HashMap<u64, oneshot::Sender<Result<Data, CommandError>>>,
+    /// The id of the last server ask (the first is 1).
+    last_server_ask: u64,
+    /// Subscribes of a channel whose subscription was still being set up:
+    /// (channel, id), answered when it completes.
+    waiting_subscribes: Vec<(Arc<str>, u64)>,
+    /// When the recent bad frames came (a sliding 10 s window).
     bad: VecDeque<Instant>,
 }
 
@@ -113,17 +122,19 @@ pub(crate) async fn serve_upgrade(
     guard: DrainGuard,
     slot: Option<crate::admission::Slot>,
 ) {
-    let set_up = Box::pin(set_up(endpoint, on_upgrade)).await;
+    let mut set_up = Box::pin(set_up(endpoint, on_upgrade)).await;
     // The handshake is over (welcomed or failed): the next one may start.
     drop(slot);
-    let Some((conn, ws)) = set_up else {
+    // Borrowed where it lies, never moved: rustc gives a moved-to binding its
+    // own slot in the task's state, beside the moved-from one, so moving the
+    // connection and its socket out of `set_up` kept them twice (a debug
+    // build's task state: 2,040 bytes, 1,240 borrowed). Likewise `io::run` takes them by
+    // reference: an async fn's arguments are kept twice too (as passed, and
+    // as moved into locals).
+    let Some((conn, ws)) = &mut set_up else {
         return;
     };
-    let (mut conn, mut ws) = (conn, ws);
-    // By reference: rustc keeps an async fn's arguments in its state twice
-    // (as passed, and as moved into locals), which would double the biggest
-    // part of every idle connection.
-    io::run(&mut conn, &mut ws).await;
+    io::run(conn, ws).await;
     drop(guard);
 }
 
@@ -149,6 +160,11 @@ async fn set_up(
 }
 
 impl Conn {
+    /// The rarely used state, allocated on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     fn context(&self) -> Context {
         Context {
             client: self.handle.client.clone(),
@@ -230,10 +246,11 @@ impl Conn {
                 }
             }
             ConnEvent::ServerAsk { event, data, reply } => {
-                let id = self.next_server_ask;
-                self.next_server_ask += 1;
-                self.server_asks.retain(|_, tx| !tx.is_closed());
-                self.server_asks.insert(id, reply);
+                let rare = self.rare();
+                rare.last_server_ask += 1;
+                let id = rare.last_server_ask;
+                rare.server_asks.retain(|_, tx| !tx.is_closed());
+                rare.server_asks.insert(id, reply);
                 out.push(protocol::ask(id, &event, data.get(), None).into());
             }
             ConnEvent::ServerSubscribe { channel } => {
@@ -287,8 +304,10 @@ impl Conn {
             self.hub
                 .leave_topic(&Topic::User(user.clone()), self.handle.key);
         }
-        for (_, tx) in self.server_asks.drain() {
-            let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
+        if let Some(rare) = &mut self.rare {
+            for (_, tx) in rare.server_asks.drain() {
+                let _ = tx.send(Err(CommandError::not_found("the client disconnected")));
+            }
         }
         let record = self.closing_record();
         let hook = self
@@ -308,5 +327,39 @@ impl Conn {
             }
         });
         self.write_session(record, Some(after));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns (a future), without calling `f`.
+    fn run_size<'a, R>(_f: impl FnOnce(&'a mut Conn, &'a mut Socket) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn serve_size<R>(
+        _f: impl FnOnce(
+            Endpoint,
+            hyper::upgrade::OnUpgrade,
+            DrainGuard,
+            Option<crate::admission::Slot>,
+        ) -> R,
+    ) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The connection task's state is what every idle connection keeps: the
+    /// connection, its socket and the main loop's state, each once (moving
+    /// the connection between bindings used to keep it twice).
+    #[test]
+    fn an_idle_connection_task_holds_its_state_once() {
+        let once = std::mem::size_of::<Option<(Conn, Socket)>>() + run_size(io::run);
+        let task = serve_size(serve_upgrade);
+        assert!(
+            task <= once + 128,
+            "connection task state {task} bytes, its parts once {once}"
+        );
     }
 }

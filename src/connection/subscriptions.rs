@@ -186,13 +186,17 @@ impl Conn {
         result: &SharedPage,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        if self.waiting_subscribes.is_empty() {
+        let Some(rare) = self
+            .rare
+            .as_mut()
+            .filter(|r| !r.waiting_subscribes.is_empty())
+        else {
             return;
-        }
-        let waiting = std::mem::take(&mut self.waiting_subscribes);
+        };
+        let waiting = std::mem::take(&mut rare.waiting_subscribes);
         for (waited, id) in waiting {
             if waited != *channel {
-                self.waiting_subscribes.push((waited, id));
+                self.rare().waiting_subscribes.push((waited, id));
                 continue;
             }
             self.pending.remove(&id);
