@@ -88,14 +88,42 @@ struct Shared {
 }
 
 /// A topic the feed should receive.
-struct Desired {
-    topic: Topic,
+pub(crate) struct Desired {
+    pub(crate) topic: Topic,
     /// Redis confirmed a `SUBSCRIBE` of it (from a `subscribe` call that
     /// succeeded): a later failed call must not drop it.
-    confirmed: bool,
+    pub(crate) confirmed: bool,
     /// The latest `subscribe` call that asked for it: only that call may drop
     /// it again when it fails.
+    pub(crate) claim: u64,
+}
+
+/// Marks `topics` (each once) as desired by the `subscribe` call `claim`
+/// and returns their pub/sub channel names, for both feeds (one server's and
+/// the sharded one), so their confirmation rules stay the same.
+pub(crate) fn claim_topics(
+    desired: &mut HashMap<String, Desired>,
+    keys: &Keys,
+    topics: &[Topic],
     claim: u64,
+) -> Vec<String> {
+    let mut seen = HashSet::with_capacity(topics.len());
+    let mut names = Vec::with_capacity(topics.len());
+    for topic in topics {
+        if seen.insert(topic) {
+            let name = keys.topic_channel(topic);
+            desired
+                .entry(name.clone())
+                .or_insert_with(|| Desired {
+                    topic: topic.clone(),
+                    confirmed: false,
+                    claim,
+                })
+                .claim = claim;
+            names.push(name);
+        }
+    }
+    names
 }
 
 #[derive(Default)]
@@ -270,23 +298,7 @@ impl FeedControl for RedisFeedControl {
             // Topics already desired are sent again (a duplicate SUBSCRIBE is
             // harmless): the call then returns only once Redis confirmed them,
             // even if another caller's SUBSCRIBE of them is still in flight.
-            let mut seen = HashSet::with_capacity(topics.len());
-            let mut names = Vec::with_capacity(topics.len());
-            for topic in topics {
-                if seen.insert(topic) {
-                    let name = self.shared.keys.topic_channel(topic);
-                    state
-                        .desired
-                        .entry(name.clone())
-                        .or_insert_with(|| Desired {
-                            topic: topic.clone(),
-                            confirmed: false,
-                            claim,
-                        })
-                        .claim = claim;
-                    names.push(name);
-                }
-            }
+            let names = claim_topics(&mut state.desired, &self.shared.keys, topics, claim);
             (
                 start_batches(&sink, &names, self.settings.batch, true),
                 names,

@@ -30,6 +30,7 @@
 
 use crate::{
     codec::decode_envelope,
+    feed::{Desired, claim_topics},
     feed::{FeedSettings, backoff},
     keys::{Keys, slot_of},
     pool::{Pool, cluster_builder, map_error},
@@ -43,7 +44,7 @@ use scaled_sockets_scaler::{
     outbox::{Closed, Outbox},
 };
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -60,12 +61,6 @@ use tokio::{
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// A topic the feed should receive (see the standalone feed for the rules).
-struct Desired {
-    topic: Topic,
-    confirmed: bool,
-    claim: u64,
-}
-
 #[derive(Default)]
 struct State {
     desired: HashMap<String, Desired>,
@@ -253,23 +248,7 @@ impl FeedControl for ShardFeedControl {
             }
             state.calls += 1;
             let claim = state.calls;
-            let mut seen = HashSet::with_capacity(topics.len());
-            let mut names = Vec::with_capacity(topics.len());
-            for topic in topics {
-                if seen.insert(topic) {
-                    let name = self.shared.keys.topic_channel(topic);
-                    state
-                        .desired
-                        .entry(name.clone())
-                        .or_insert_with(|| Desired {
-                            topic: topic.clone(),
-                            confirmed: false,
-                            claim,
-                        })
-                        .claim = claim;
-                    names.push(name);
-                }
-            }
+            let names = claim_topics(&mut state.desired, &self.shared.keys, topics, claim);
             (names, claim)
         };
         let s = &self.shared.settings;
