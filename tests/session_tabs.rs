@@ -296,6 +296,22 @@ async fn a_live_session_is_resumed_an_unknown_one_is_not(scaler: Arc<dyn Scaler>
     assert_ne!(w["session"], unknown.as_str());
 }
 
+/// A second tab may join a session the moment the first tab is welcomed
+/// (the browser client reads the stored id before every attempt): the
+/// session exists by then, on every instance.
+async fn a_tab_joins_a_session_the_moment_it_is_welcomed(scaler: Arc<dyn Scaler>) {
+    let a = TestServer::start(config("now-a"), scaler.clone(), demo_app()).await;
+    let b = TestServer::start(config("now-b"), scaler, demo_app()).await;
+    for _ in 0..30 {
+        let (_first, w) = Raw::connect(&a.url()).await;
+        let session = w["session"].as_str().unwrap().to_owned();
+        let (_second, w) =
+            Raw::connect_with(&b.url(), json!({"type":"connect","session":session})).await;
+        assert_eq!(w["session"], session.as_str(), "the tab joined: {w}");
+        assert_eq!(w["resumed"], true, "{w}");
+    }
+}
+
 /// Two closed tabs held one channel at different positions: a resume
 /// replays from the older one (at least once across tabs).
 async fn two_closed_tabs_resume_from_the_oldest_position(scaler: Arc<dyn Scaler>) {
@@ -363,6 +379,11 @@ async fn memory_a_live_session_is_resumed_an_unknown_one_is_not() {
     a_live_session_is_resumed_an_unknown_one_is_not(Arc::new(MemoryScaler::new())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_tab_joins_a_session_the_moment_it_is_welcomed() {
+    a_tab_joins_a_session_the_moment_it_is_welcomed(Arc::new(MemoryScaler::new())).await;
+}
+
 async fn redis(redis: &RedisServer, prefix: &str) -> Arc<dyn Scaler> {
     scaler_from_url(&redis.url(), prefix)
         .await
@@ -387,6 +408,12 @@ async fn redis_a_live_session_is_resumed_an_unknown_one_is_not() {
     a_live_session_is_resumed_an_unknown_one_is_not(redis(&server, "empty").await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_tab_joins_a_session_the_moment_it_is_welcomed() {
+    let server = RedisServer::start();
+    a_tab_joins_a_session_the_moment_it_is_welcomed(redis(&server, "now").await).await;
+}
+
 async fn nats(server: &NatsServer, prefix: &str) -> Arc<dyn Scaler> {
     scaler_from_url(&server.url(), prefix)
         .await
@@ -403,4 +430,10 @@ async fn nats_two_tabs_keep_their_own_positions() {
 async fn nats_two_closed_tabs_resume_from_the_oldest_position() {
     let server = NatsServer::start();
     two_closed_tabs_resume_from_the_oldest_position(nats(&server, "oldest").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_tab_joins_a_session_the_moment_it_is_welcomed() {
+    let server = NatsServer::start();
+    a_tab_joins_a_session_the_moment_it_is_welcomed(nats(&server, "now").await).await;
 }

@@ -200,29 +200,43 @@ pub(super) async fn welcome(
         .iter()
         .map(|user| Topic::User(user.clone()))
         .collect();
-    for topic in &topics {
-        if let Err(e) = hub.join_topic(topic, &handle).await {
-            for t in &topics {
-                hub.leave_topic(t, handle.key);
-            }
-            tracing::warn!(error = %e, "cannot register connection with the scaler");
-            send_frame(
-                ws,
-                protocol::error(
-                    None,
-                    ErrorCode::Unavailable,
-                    "the cluster backend is unavailable",
-                ),
-            )
-            .await;
-            send_close(
-                ws,
-                close::RESTARTING,
-                "backend unavailable: reconnect later",
-            )
-            .await;
-            return None;
+    // A new session's head is written before the welcome (beside the topic
+    // joins, so it costs no extra round trip): a second tab may join the
+    // session the moment the first is welcomed. A joined session's head
+    // exists and is renewed in the background.
+    let new_head = async {
+        if !resumed {
+            session::put_head(&hub, &session, identity.user.clone()).await;
         }
+    };
+    let joins = async {
+        for topic in &topics {
+            hub.join_topic(topic, &handle).await?;
+        }
+        Ok::<(), scaled_sockets_scaler::ScalerError>(())
+    };
+    let ((), joined) = tokio::join!(new_head, joins);
+    if let Err(e) = joined {
+        for t in &topics {
+            hub.leave_topic(t, handle.key);
+        }
+        tracing::warn!(error = %e, "cannot register connection with the scaler");
+        send_frame(
+            ws,
+            protocol::error(
+                None,
+                ErrorCode::Unavailable,
+                "the cluster backend is unavailable",
+            ),
+        )
+        .await;
+        send_close(
+            ws,
+            close::RESTARTING,
+            "backend unavailable: reconnect later",
+        )
+        .await;
+        return None;
     }
     hub.register(&handle);
     let frame = protocol::welcome(
@@ -274,7 +288,7 @@ pub(super) async fn welcome(
     // The session is live (resumable by another tab or after a crash) from
     // now on, not only after this connection closes; later saves follow the
     // delivered positions.
-    conn.start_session_records(wanted.clone(), taken);
+    conn.start_session_records(wanted.clone(), taken, !resumed);
     let mut out = Vec::new();
     for request in wanted {
         conn.server_subscribe(request, &mut out);

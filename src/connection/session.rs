@@ -76,6 +76,25 @@ pub(super) struct Restored {
     pub(super) taken: Vec<String>,
 }
 
+/// Writes the head record of `session` (whose it is) for a resume window. A
+/// failure is logged: the connection works, but its session may not be
+/// resumable.
+pub(super) async fn put_head(hub: &Hub, session: &str, user: Option<String>) {
+    let head = SessionHead {
+        user,
+        subscriptions: Vec::new(),
+    };
+    let Ok(bytes) = serde_json::to_vec(&head) else {
+        return;
+    };
+    let put = hub
+        .scaler
+        .session_put(session, bytes.into(), hub.config.resume_window);
+    if let Err(e) = put.await {
+        tracing::warn!(error = %e, "could not save the session; it may not be resumable");
+    }
+}
+
 /// Reads session `requested`. It resumes only for the same user: knowing an
 /// id is not enough to take over someone else's session. `None` when there is
 /// no such session for this user (absent, expired, another user's,
@@ -230,8 +249,11 @@ impl Conn {
         &mut self,
         wanted: Vec<SubscriptionRequest>,
         taken: Vec<String>,
+        head_written: bool,
     ) {
-        self.write_head();
+        if !head_written {
+            self.write_head();
+        }
         let then: Option<futures_util::future::BoxFuture<'static, ()>> = if taken.is_empty() {
             None
         } else {
@@ -254,25 +276,13 @@ impl Conn {
         );
     }
 
-    /// Renews the head record (whose session this is) for a resume window.
+    /// Renews the head record (whose session this is) for a resume window,
+    /// in the background.
     fn write_head(&self) {
-        let head = SessionHead {
-            user: self.identity.user.clone(),
-            subscriptions: Vec::new(),
-        };
-        let Ok(bytes) = serde_json::to_vec(&head) else {
-            return;
-        };
         let hub = self.hub.clone();
         let session = self.handle.session.clone();
-        tokio::spawn(async move {
-            let put = hub
-                .scaler
-                .session_put(&session, bytes.into(), hub.config.resume_window);
-            if let Err(e) = put.await {
-                tracing::warn!(error = %e, "could not save the session; it may not be resumable");
-            }
-        });
+        let user = self.identity.user.clone();
+        tokio::spawn(async move { put_head(&hub, &session, user).await });
     }
 
     /// Saves this connection's record as positions advance, in batches (the
