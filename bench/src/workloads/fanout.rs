@@ -14,9 +14,10 @@ use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
-const CHANNEL: &str = "fanout";
+/// The one channel of every fan-out run.
+pub(super) const CHANNEL: &str = "fanout";
 /// How long queued messages may take to arrive after publishing stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -48,13 +49,44 @@ pub async fn run(
         (cluster.port(i), None, Some(CHANNEL.to_string()))
     })
     .await?;
+    let (outcome, first_error) = publish_and_measure(
+        ctx,
+        &mut cluster,
+        &label,
+        subscribers,
+        rate,
+        |shared, stop| {
+            subs.into_iter()
+                .map(|ws| tokio::spawn(load::run_subscriber(ws, shared.clone(), stop.clone())))
+                .collect()
+        },
+    )
+    .await?;
+    if let Some(e) = first_error {
+        eprintln!("   {}: a publish failed: {e}", target.name());
+    }
+    Ok(outcome)
+}
+
+/// The measured part of a fan-out run, whatever the subscribers' transport:
+/// `spawn_subscribers` starts one task per subscriber that counts deliveries
+/// into the shared [`Deliveries`] until the watch flips; one publisher on
+/// instance 1 keeps 64 publishes to [`CHANNEL`] in flight (at `rate`
+/// publishes/s if given) through the measured window, then stops; queued
+/// messages drain and what arrived is counted against publishes acknowledged
+/// x `subscribers`. Also answers the first publish error, if any.
+pub(super) async fn publish_and_measure(
+    ctx: &Ctx,
+    cluster: &mut Cluster,
+    label: &str,
+    subscribers: usize,
+    rate: Option<f64>,
+    spawn_subscribers: impl FnOnce(Arc<Deliveries>, watch::Receiver<bool>) -> Vec<JoinHandle<()>>,
+) -> Result<(Outcome, Option<String>), String> {
     let shared = Arc::new(Deliveries::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (stop_pub_tx, stop_pub_rx) = watch::channel(false);
-    let tasks: Vec<_> = subs
-        .into_iter()
-        .map(|ws| tokio::spawn(load::run_subscriber(ws, shared.clone(), stop_rx.clone())))
-        .collect();
+    let tasks = spawn_subscribers(shared.clone(), stop_rx);
     let publisher_ws = load::open_client(cluster.port(0), ctx.sources.next(), None, None).await?;
     let pub_stats = Arc::new(PublishStats::default());
     let plan = Plan {
@@ -69,7 +101,7 @@ pub async fn run(
         pub_stats.clone(),
         stop_pub_rx,
     ));
-    let window = measure(ctx, &mut cluster, &shared, &format!("{label}: measuring")).await?;
+    let window = measure(ctx, cluster, &shared, &format!("{label}: measuring")).await?;
     // Stop publishing, let queued messages drain, then count what arrived.
     let _ = stop_pub_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), publishing).await;
@@ -85,12 +117,8 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     let samples = std::mem::take(&mut *shared.latencies_us.lock().map_err(|_| "poisoned")?);
-    if let Ok(first) = pub_stats.first_error.lock() {
-        if let Some(e) = first.as_ref() {
-            eprintln!("   {}: a publish failed: {e}", target.name());
-        }
-    }
-    Ok(Outcome {
+    let first_error = pub_stats.first_error.lock().ok().and_then(|e| e.clone());
+    let outcome = Outcome {
         deliveries_per_s: window.deliveries as f64 / window.seconds,
         cpu_us_per_delivery: window.cpu_seconds * 1e6 / (window.deliveries.max(1) as f64),
         server_cores: window.cpu_seconds / window.seconds,
@@ -99,7 +127,8 @@ pub async fn run(
         latency: stats::latency(samples),
         closed: shared.closed.load(Ordering::Relaxed),
         publish_errors: pub_stats.errors.load(Ordering::Relaxed),
-    })
+    };
+    Ok((outcome, first_error))
 }
 
 pub(super) fn record(

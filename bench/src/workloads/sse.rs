@@ -5,12 +5,13 @@
 //! and server CPU per delivery of each transport. Ours only: the floor has no
 //! HTTP fallback.
 
-use super::{Cluster, Ctx, SETUP_IN_FLIGHT, fanout, measure};
+use super::{
+    Cluster, Ctx, SETUP_IN_FLIGHT,
+    fanout::{self, CHANNEL},
+};
 use crate::{
     load::{self, Deliveries, is_message, now_us, timestamp_in},
-    publisher::{self, Plan, PublishStats},
     results::Target,
-    stats,
 };
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -23,13 +24,11 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-const CHANNEL: &str = "fanout";
 const INSTANCES: usize = 2;
 const SUBSCRIBERS: usize = 500;
 /// 20 publishes/s to 500 subscribers: 10,000 deliveries/s.
 const RATE: f64 = 20.0;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-const DRAIN: Duration = Duration::from_secs(10);
 
 pub async fn w9(ctx: &mut Ctx) -> Result<(), String> {
     let scenario = |t: &str| format!("{t}, 2 inst, 500 subs, 10k/s");
@@ -187,52 +186,21 @@ async fn run_sse(ctx: &Ctx) -> Result<fanout::Outcome, String> {
         streams.push(t.await.map_err(|e| format!("open task: {e}"))??);
     }
     bar.finish_and_clear();
-    let shared = Arc::new(Deliveries::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (stop_pub_tx, stop_pub_rx) = watch::channel(false);
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|s| tokio::spawn(run_stream(s, shared.clone(), stop_rx.clone())))
-        .collect();
-    let publisher_ws = load::open_client(cluster.port(0), ctx.sources.next(), None, None).await?;
-    let pub_stats = Arc::new(PublishStats::default());
-    let plan = Plan {
-        channels: vec![CHANNEL.to_string()],
-        in_flight: 64,
-        rate: Some(RATE),
-        pad: 64,
-    };
-    let publishing = tokio::spawn(publisher::run_publisher(
-        publisher_ws,
-        plan,
-        pub_stats.clone(),
-        stop_pub_rx,
-    ));
-    let window = measure(ctx, &mut cluster, &shared, &format!("{label}: measuring")).await?;
-    let _ = stop_pub_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), publishing).await;
-    let expected = pub_stats.acked.load(Ordering::Relaxed) * SUBSCRIBERS as u64;
-    let drain_until = std::time::Instant::now() + DRAIN;
-    while shared.count.load(Ordering::Relaxed) < expected && std::time::Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let delivered = shared.count.load(Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    let samples = std::mem::take(&mut *shared.latencies_us.lock().map_err(|_| "poisoned")?);
-    Ok(fanout::Outcome {
-        deliveries_per_s: window.deliveries as f64 / window.seconds,
-        cpu_us_per_delivery: window.cpu_seconds * 1e6 / (window.deliveries.max(1) as f64),
-        server_cores: window.cpu_seconds / window.seconds,
-        client_cores: window.client_cpu_seconds / window.seconds,
-        delivered_fraction: delivered as f64 / expected.max(1) as f64,
-        latency: stats::latency(samples),
-        closed: shared.closed.load(Ordering::Relaxed),
-        publish_errors: pub_stats.errors.load(Ordering::Relaxed),
-    })
+    let (outcome, _) = fanout::publish_and_measure(
+        ctx,
+        &mut cluster,
+        &label,
+        SUBSCRIBERS,
+        Some(RATE),
+        |shared, stop| {
+            streams
+                .into_iter()
+                .map(|s| tokio::spawn(run_stream(s, shared.clone(), stop.clone())))
+                .collect()
+        },
+    )
+    .await?;
+    Ok(outcome)
 }
 
 #[cfg(test)]
