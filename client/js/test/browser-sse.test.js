@@ -6,49 +6,10 @@
 // every message exactly once.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { Client } from "../scaled-sockets.js";
-import { WebSocket, freePort, sleep, startNginx, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
-
-const CHROMIUM = "/usr/bin/chromium";
-
-function pageInfo(page) {
-  return page.evaluate(() => {
-    const info = { state: document.getElementById("state").textContent };
-    const cells = [...document.querySelectorAll("#info > *")];
-    for (let i = 0; i + 1 < cells.length; i += 2) info[cells[i].textContent] = cells[i + 1].textContent;
-    return info;
-  });
-}
-
-function chatLines(page) {
-  return page.evaluate(() =>
-    [...document.querySelectorAll("#messages > div")]
-      .filter((d) => !d.querySelector(".notice"))
-      .map((d) => d.lastElementChild.textContent));
-}
-
-async function waitConnected(page, ms = 10000) {
-  await page.waitForFunction(() => document.getElementById("state").textContent === "connected"
-    && document.querySelectorAll("#info dd").length > 0 && !document.getElementById("send").disabled,
-  null, { timeout: ms, polling: 20 });
-  return pageInfo(page);
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.click("#send");
-  await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: 5000, polling: 20 });
-}
-
-async function waitLines(page, expected, ms, who) {
-  await waitFor(async () => {
-    const have = new Set(await chatLines(page));
-    return expected.every((w) => have.has(w));
-  }, ms, `${who} to show ${expected.length} lines`);
-  assert.equal(await page.textContent("#chat-error"), "", `${who} shows an error`);
-}
+import {
+  chainedSteps, chatLines, freePort, launchChromium, openDemoPage, pageInfo, say, sleep, startFeeder, startNginx, startRedis, startServer,
+  stopAll, waitConnected, waitFor, waitLines,
+} from "./helpers.js";
 
 describe("the demo page in chromium over the HTTP fallback (nginx refuses WebSockets)", { timeout: 120000 }, () => {
   let redis, nginx, browser;
@@ -57,19 +18,13 @@ describe("the demo page in chromium over the HTTP fallback (nginx refuses WebSoc
   const sent = [];
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
-    }
     redis = await startRedis();
     for (let i = 1; i <= 3; i++) {
       const id = `bsse-n${i}`;
       instances.set(id, await startServer({ scaler: redis.url, instanceId: id }));
     }
     nginx = await startNginx(await freePort(), [...instances.values()].map((p) => p.port), { refuseUpgrades: true });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -78,31 +33,11 @@ describe("the demo page in chromium over the HTTP fallback (nginx refuses WebSoc
     await nginx?.stop();
   });
 
-  let failed = null;
-  const step = (name, fn) => test(name, async (t) => {
-    if (failed) throw new Error(`not run: "${failed}" failed`);
-    try {
-      await fn(t);
-    } catch (e) {
-      failed = name;
-      throw e;
-    }
-  });
-
-  async function openPage(name) {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    context.setDefaultTimeout(10000);
-    const page = await context.newPage();
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(`uncaught: ${e.message}`));
-    // Expected, and logged by Chromium: the refused WebSocket, and the stream
-    // cut when its instance is killed. Anything else is not.
-    const expected = /WebSocket connection to .* failed|ERR_INCOMPLETE_CHUNKED_ENCODING/;
-    page.on("console", (m) => m.type() === "error" && !expected.test(m.text()) && errors.push(`console: ${m.text()}`));
-    await page.goto(`${nginx.url}/`);
-    await page.fill("#name", name);
-    return { name, page, context, errors };
-  }
+  const step = chainedSteps(test);
+  // Expected, and logged by Chromium: the refused WebSocket, and the stream
+  // cut when its instance is killed. Anything else is not.
+  const expectedConsoleErrors = /WebSocket connection to .* failed|ERR_INCOMPLETE_CHUNKED_ENCODING/;
+  const openPage = (name) => openDemoPage(browser, nginx.url, name, { expectedConsoleErrors });
 
   step("two pages connect over SSE, on different instances", async () => {
     alice = await openPage("alice");
@@ -152,27 +87,15 @@ describe("the demo page in chromium over the HTTP fallback (nginx refuses WebSoc
     const before = { a: await pageInfo(alice.page), b: await pageInfo(bob.page) };
     const victim = instances.get(before.a.instance);
     const survivor = instances.get(before.b.instance);
-    const feeder = new Client(survivor.url, { WebSocket });
-    await feeder.connect();
-    const channel = await alice.page.inputValue("#channel");
-    const fed = [];
-    let feeding = true;
-    const feeding$ = (async () => {
-      for (let i = 1; feeding; i++) {
-        await feeder.publish(channel, { name: "feeder", text: `tick ${i}` });
-        fed.push(`feeder: tick ${i}`);
-        await sleep(40);
-      }
-    })();
+    const feeder = await startFeeder(survivor.url, await alice.page.inputValue("#channel"));
+    const fed = feeder.fed;
     await sleep(200);
     await victim.kill9();
     await say(bob.page, "during outage");
     sent.push("bob: during outage");
     await sleep(300);
     const a = await waitConnected(alice.page, 10000);
-    feeding = false;
-    await feeding$;
-    await feeder.close();
+    await feeder.stop();
     assert.notEqual(a.instance, before.a.instance);
     assert.equal(a.session, before.a.session);
     assert.equal(a.transport, "sse");

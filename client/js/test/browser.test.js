@@ -11,84 +11,21 @@
 // shared counter) is also written to docs/images/demo.png (the README's picture).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { copyFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-import { Client } from "../scaled-sockets.js";
-import { WebSocket, freePort, repoRoot, sleep, startNginx, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
+import {
+  chainedSteps, chatLines, freePort, launchChromium, openDemoPage, pageInfo, repoRoot, say, sleep, startFeeder, startNginx, startRedis,
+  startServer, stopAll, waitConnected, waitFor, waitLines,
+} from "./helpers.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "artifacts");
 const DOCS_SCREENSHOT = path.join(repoRoot, "docs", "images", "demo.png");
 
-function requireChromium() {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
-  }
-}
-
 // ------------------------------------------------------------ page helpers
-
-/** The page's connection panel (`instance`, `client`, `session`, …) and its state badge. */
-function pageInfo(page) {
-  return page.evaluate(() => {
-    const info = { state: document.getElementById("state").textContent };
-    const cells = [...document.querySelectorAll("#info > *")];
-    for (let i = 0; i + 1 < cells.length; i += 2) info[cells[i].textContent] = cells[i + 1].textContent;
-    return info;
-  });
-}
-
-/** Chat lines as shown ("name: text"), notices left out. */
-function chatLines(page) {
-  return page.evaluate(() =>
-    [...document.querySelectorAll("#messages > div")]
-      .filter((d) => !d.querySelector(".notice"))
-      .map((d) => d.lastElementChild.textContent));
-}
 
 function presenceList(page) {
   return page.evaluate(() => [...document.querySelectorAll("#presence li")].map((li) => li.textContent));
-}
-
-async function waitConnected(page, ms = 10000) {
-  try {
-    await page.waitForFunction(() => {
-      const state = document.getElementById("state").textContent;
-      return state === "connected" && document.querySelectorAll("#info dd").length > 0 && !document.getElementById("send").disabled;
-    }, null, { timeout: ms, polling: 20 });
-  } catch (e) {
-    const seen = await page.evaluate(() => ({
-      states: window.__states,
-      chatError: document.getElementById("chat-error").textContent,
-      lines: [...document.querySelectorAll("#messages > div")].map((d) => d.textContent),
-    }));
-    throw new Error(`page not connected and subscribed: ${JSON.stringify({ ...(await pageInfo(page)), ...seen })} (${e.message})`);
-  }
-  return pageInfo(page);
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.click("#send");
-  // Cleared by the page once handed to the client.
-  await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: 5000, polling: 20 });
-}
-
-/** Waits until `page` shows every line of `expected` (and fails on an error shown in the chat card). */
-async function waitLines(page, expected, ms, who) {
-  try {
-    await page.waitForFunction((want) => {
-      const have = new Set([...document.querySelectorAll("#messages > div")].map((d) => d.lastElementChild.textContent));
-      return want.every((w) => have.has(w)) || document.getElementById("chat-error").textContent !== "";
-    }, expected, { timeout: ms, polling: 50 });
-  } catch (e) {
-    const have = await chatLines(page);
-    throw new Error(`${who}: missing ${expected.filter((w) => !have.includes(w)).join(", ")} (${e.message})`);
-  }
-  const error = await page.textContent("#chat-error");
-  assert.equal(error, "", `${who} shows an error`);
 }
 
 /** Clicks "Spawn & join"; resolves "ok", or the error shown (e.g. "not_found: …"). */
@@ -120,17 +57,13 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
   const sent = []; // every chat line sent, in send order per sender
 
   before(async () => {
-    requireChromium();
     redis = await startRedis();
     for (let i = 1; i <= 3; i++) {
       const id = `browser-n${i}`;
       instances.set(id, await startServer({ scaler: redis.url, instanceId: id }));
     }
     nginx = await startNginx(await freePort(), [...instances.values()].map((p) => p.port));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -140,38 +73,8 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
   });
 
   // The steps build on each other: once one fails, the rest fail at once.
-  let failed = null;
-  const step = (name, fn) => test(name, async (t) => {
-    if (failed) throw new Error(`not run: "${failed}" failed`);
-    try {
-      await fn(t);
-    } catch (e) {
-      failed = name;
-      throw e;
-    }
-  });
-
-  async function openPage(name, viewport) {
-    const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
-    context.setDefaultTimeout(10000);
-    const page = await context.newPage();
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(`uncaught: ${e.message}`));
-    page.on("console", (m) => m.type() === "error" && errors.push(`console: ${m.text()} (${m.location().url})`));
-    // Every state the badge shows, on every load of the page.
-    await context.addInitScript(() => {
-      window.__states = [];
-      document.addEventListener("DOMContentLoaded", () => {
-        const badge = document.getElementById("state");
-        window.__states.push(badge.textContent);
-        new MutationObserver(() => window.__states.push(badge.textContent))
-          .observe(badge, { childList: true, characterData: true, subtree: true });
-      });
-    });
-    await page.goto(`${nginx.url}/`);
-    await page.fill("#name", name);
-    return { name, page, context, errors };
-  }
+  const step = chainedSteps(test);
+  const openPage = (name, viewport) => openDemoPage(browser, nginx.url, name, { viewport });
 
   step("two pages connect, each to a different instance", async () => {
     alice = await openPage("alice", { width: 1280, height: 800 });
@@ -257,18 +160,8 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
     const survivor = instances.get(before.b.instance);
     // A steady publisher on bob's (surviving) instance, so messages are
     // published while alice is away and while she comes back.
-    const feeder = new Client(survivor.url, { WebSocket });
-    await feeder.connect();
-    const channel = await alice.page.inputValue("#channel");
-    const fed = [];
-    let feeding = true;
-    const feeding$ = (async () => {
-      for (let i = 1; feeding; i++) {
-        await feeder.publish(channel, { name: "feeder", text: `tick ${i}` });
-        fed.push(`feeder: tick ${i}`);
-        await sleep(40);
-      }
-    })();
+    const feeder = await startFeeder(survivor.url, await alice.page.inputValue("#channel"));
+    const fed = feeder.fed;
     await sleep(200);
 
     await victim.kill9();
@@ -291,9 +184,7 @@ describe("the demo page in chromium, through nginx, 3 instances", { timeout: 120
     assert.ok(states.includes("disconnected") || states.includes("connecting"), `alice's page showed the outage: ${states.join(" > ")}`);
     assert.equal(a.session, before.a.session, "alice's page resumed its session");
     await sleep(200);
-    feeding = false;
-    await feeding$;
-    feeder.close();
+    await feeder.stop();
 
     await say(alice.page, "back again");
     sent.push("alice: back again");

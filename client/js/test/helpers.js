@@ -1,6 +1,7 @@
 // Test support: real server processes (the demo example), a private Redis,
 // free loopback ports, and small waiting helpers. Nothing is mocked.
 
+import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -8,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
+import { Client } from "../scaled-sockets.js";
 
 export { WebSocket };
 
@@ -268,6 +270,156 @@ export async function startNginx(listenPort, upstreamPorts, opts = {}) {
       await exited;
       clearTimeout(timer);
       rmSync(prefix, { recursive: true, force: true });
+    },
+  };
+}
+
+// ------------------------------------------------------------ the demo page in a browser
+
+const CHROMIUM = "/usr/bin/chromium";
+
+/** Debian's chromium, headless, driven by playwright-core (it never downloads a browser). */
+export async function launchChromium() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: the browser tests need Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
+  }
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/**
+ * `test` for steps that build on each other: once one fails, the rest fail at
+ * once. One per `describe`.
+ */
+export function chainedSteps(test) {
+  let failed = null;
+  return (name, fn) => test(name, async (t) => {
+    if (failed) throw new Error(`not run: "${failed}" failed`);
+    try {
+      await fn(t);
+    } catch (e) {
+      failed = name;
+      throw e;
+    }
+  });
+}
+
+/**
+ * The demo page at `url` in a new context of `browser`, the user's name filled
+ * in: `{ name, page, context, errors }`, where `errors` collects uncaught
+ * exceptions and console errors. Every state the badge shows, on every load
+ * of the page, is kept in `window.__states`.
+ * `opts.viewport` (default 1280 x 800); `opts.expectedConsoleErrors`: a
+ * RegExp of console errors the test expects (not collected).
+ */
+export async function openDemoPage(browser, url, name, opts = {}) {
+  const { viewport = { width: 1280, height: 800 }, expectedConsoleErrors = null } = opts;
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  context.setDefaultTimeout(10000);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(`uncaught: ${e.message}`));
+  page.on("console", (m) => m.type() === "error" && !expectedConsoleErrors?.test(m.text())
+    && errors.push(`console: ${m.text()} (${m.location().url})`));
+  await context.addInitScript(() => {
+    window.__states = [];
+    document.addEventListener("DOMContentLoaded", () => {
+      const badge = document.getElementById("state");
+      window.__states.push(badge.textContent);
+      new MutationObserver(() => window.__states.push(badge.textContent))
+        .observe(badge, { childList: true, characterData: true, subtree: true });
+    });
+  });
+  await page.goto(`${url}/`);
+  await page.fill("#name", name);
+  return { name, page, context, errors };
+}
+
+/** The page's connection panel (`instance`, `client`, `session`, …) and its state badge. */
+export function pageInfo(page) {
+  return page.evaluate(() => {
+    const info = { state: document.getElementById("state").textContent };
+    const cells = [...document.querySelectorAll("#info > *")];
+    for (let i = 0; i + 1 < cells.length; i += 2) info[cells[i].textContent] = cells[i + 1].textContent;
+    return info;
+  });
+}
+
+/** Chat lines as shown ("name: text"), notices left out. */
+export function chatLines(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll("#messages > div")]
+      .filter((d) => !d.querySelector(".notice"))
+      .map((d) => d.lastElementChild.textContent));
+}
+
+/** Waits until the page is connected and subscribed; answers its connection panel. */
+export async function waitConnected(page, ms = 10000) {
+  try {
+    await page.waitForFunction(() => {
+      const state = document.getElementById("state").textContent;
+      return state === "connected" && document.querySelectorAll("#info dd").length > 0 && !document.getElementById("send").disabled;
+    }, null, { timeout: ms, polling: 20 });
+  } catch (e) {
+    const seen = await page.evaluate(() => ({
+      states: window.__states,
+      chatError: document.getElementById("chat-error").textContent,
+      lines: [...document.querySelectorAll("#messages > div")].map((d) => d.textContent),
+    }));
+    throw new Error(`page not connected and subscribed: ${JSON.stringify({ ...(await pageInfo(page)), ...seen })} (${e.message})`);
+  }
+  return pageInfo(page);
+}
+
+/** Sends `text` to the chat from the page. */
+export async function say(page, text) {
+  await page.fill("#text", text);
+  await page.click("#send");
+  // Cleared by the page once handed to the client.
+  await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: 5000, polling: 20 });
+}
+
+/** Waits until `page` shows every line of `expected` (and fails on an error shown in the chat card). */
+export async function waitLines(page, expected, ms, who) {
+  try {
+    await page.waitForFunction((want) => {
+      const have = new Set([...document.querySelectorAll("#messages > div")].map((d) => d.lastElementChild.textContent));
+      return want.every((w) => have.has(w)) || document.getElementById("chat-error").textContent !== "";
+    }, expected, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const have = await chatLines(page);
+    throw new Error(`${who}: missing ${expected.filter((w) => !have.includes(w)).join(", ")} (${e.message})`);
+  }
+  const error = await page.textContent("#chat-error");
+  assert.equal(error, "", `${who} shows an error`);
+}
+
+/**
+ * A steady publisher of chat lines ("feeder: tick N", every 40 ms) to
+ * `channel` through a client of its own on `url`: `{ fed, stop }`, where
+ * `fed` holds the lines published so far and `stop()` ends it.
+ */
+export async function startFeeder(url, channel) {
+  const feeder = new Client(url, { WebSocket });
+  await feeder.connect();
+  const fed = [];
+  let feeding = true;
+  const feeding$ = (async () => {
+    for (let i = 1; feeding; i++) {
+      await feeder.publish(channel, { name: "feeder", text: `tick ${i}` });
+      fed.push(`feeder: tick ${i}`);
+      await sleep(40);
+    }
+  })();
+  return {
+    fed,
+    async stop() {
+      feeding = false;
+      await feeding$;
+      await feeder.close();
     },
   };
 }

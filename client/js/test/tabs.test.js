@@ -6,11 +6,8 @@
 // other, and closing one tab leaves the other's session working.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { freePort, sleep, startNginx, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
+import { freePort, launchChromium, sleep, startNginx, startRedis, startServer, stopAll, waitFor } from "./helpers.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 const API_KEY = "tabs-test-key";
 
 describe("two tabs of one browser share a session", { timeout: 90000 }, () => {
@@ -19,18 +16,12 @@ describe("two tabs of one browser share a session", { timeout: 90000 }, () => {
   const errors = [];
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} not found: the tabs test needs Debian's chromium (apt-get install -y chromium); it never downloads a browser`);
-    }
     redis = await startRedis();
     for (let i = 1; i <= 2; i++) {
       instances.push(await startServer({ scaler: redis.url, instanceId: `tabs-n${i}`, args: ["--api-key", API_KEY] }));
     }
     nginx = await startNginx(await freePort(), instances.map((p) => p.port));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
     context = await browser.newContext();
     context.setDefaultTimeout(10000);
   });
