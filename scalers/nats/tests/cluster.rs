@@ -13,17 +13,12 @@
 //! - publishing works again within 15 s (a publish in flight to the lost leader
 //!   answers `timeout` after the request timeout, 2 s here).
 
-use bytes::Bytes;
-use scaled_sockets_conformance::follower::{Seen, subscriber};
+use scaled_sockets_conformance::follower::{Follower, PublishLoad};
 use scaled_sockets_nats::{NatsConfig, NatsScaler};
-use scaled_sockets_scaler::{HistoryRequest, PublishOptions, Scaler, StreamPosition, Topic};
+use scaled_sockets_scaler::{HistoryRequest, PublishOptions, Scaler};
 use scaled_sockets_test_harness::NatsCluster;
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-use tokio::time::{Instant, sleep, timeout};
+use std::{collections::HashSet, sync::Arc, time::Duration};
+use tokio::time::{Instant, sleep};
 
 /// The name of the server leading the JetStream stream `stream`.
 fn stream_leader(cluster: &NatsCluster, stream: &str) -> Option<String> {
@@ -51,72 +46,21 @@ async fn a_server_dies_under_publish_load() {
     }
     let channel = format!("load-{}", uuid::Uuid::new_v4().simple());
 
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut subscribers = Vec::new();
-    let mut seens = Vec::new();
-    let mut start_pos = None;
+    let mut followers = Vec::new();
     for (i, s) in instances.iter().enumerate().skip(1) {
-        let feed = s.open_feed(&format!("inst-{i}")).await.expect("feed");
-        feed.control
-            .subscribe(&[Topic::channel(channel.as_str())])
-            .await
-            .expect("subscribe");
-        let top = s
-            .history(&channel, &HistoryRequest::default())
-            .await
-            .expect("top")
-            .top;
-        start_pos = Some(top.clone());
-        let seen = Arc::new(Mutex::new(Seen {
-            pos: Some(top),
-            ..Seen::default()
-        }));
-        seens.push(seen.clone());
-        subscribers.push(tokio::spawn(subscriber(
-            s.clone(),
-            feed,
-            channel.clone(),
-            seen,
-            stop.clone(),
-        )));
+        followers.push(Follower::start(s, &format!("inst-{i}"), &channel).await);
     }
-
-    let acked: Arc<Mutex<Vec<(String, StreamPosition, Instant)>>> = Arc::default();
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let load = {
-        let (acked, failures, publishing) = (acked.clone(), failures.clone(), publishing.clone());
-        let instances = instances.clone();
-        let channel = channel.clone();
-        tokio::spawn(async move {
-            // History long enough to hold the whole run.
-            let options = PublishOptions {
-                history_size: 1000,
-                ..PublishOptions::default()
-            };
-            let mut n = 0u64;
-            while publishing.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                let payload = format!("m{n}");
-                let s = &instances[n as usize % 3];
-                match s
-                    .publish(&channel, Bytes::from(payload.clone()), &options)
-                    .await
-                {
-                    Ok(at) => acked.lock().unwrap().push((payload, at, Instant::now())),
-                    Err(e) => {
-                        assert!(e.is_unavailable(), "a publish failed with {e:?}");
-                        failures.lock().unwrap().push(e.to_string());
-                    }
-                }
-                sleep(Duration::from_millis(10)).await;
-            }
-        })
+    let start_pos = followers.last().map(|f| f.start.clone());
+    // History long enough to hold the whole run.
+    let options = PublishOptions {
+        history_size: 1000,
+        ..PublishOptions::default()
     };
+    let load = PublishLoad::start(&instances, &channel, options);
 
     sleep(Duration::from_secs(1)).await;
     assert!(
-        acked.lock().unwrap().len() > 20,
+        load.acked.lock().unwrap().len() > 20,
         "the load runs before the kill"
     );
     let leader = stream_leader(&cluster, &format!("{prefix}_history"))
@@ -127,30 +71,33 @@ async fn a_server_dies_under_publish_load() {
 
     // Publishing works again within 15 s.
     loop {
-        if acked
+        if load
+            .acked
             .lock()
             .unwrap()
             .iter()
-            .any(|a| a.2 > killed_at + Duration::from_millis(100))
+            .any(|a| a.when > killed_at + Duration::from_millis(100))
         {
             break;
         }
         if killed_at.elapsed() > Duration::from_secs(15) {
-            let seen: std::collections::BTreeSet<String> =
-                failures.lock().unwrap().iter().cloned().collect();
+            let seen: std::collections::BTreeSet<String> = load
+                .failures
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|f| f.error.clone())
+                .collect();
             panic!("no publish acknowledged within 15 s of losing {leader}: {seen:?}");
         }
         sleep(Duration::from_millis(50)).await;
     }
     let back_after = killed_at.elapsed();
     sleep(Duration::from_secs(2)).await;
-    publishing.store(false, std::sync::atomic::Ordering::SeqCst);
-    load.await.expect("load task");
-
-    let acked = acked.lock().unwrap().clone();
-    let last = acked.last().expect("acked").1.clone();
+    let (acked, failures) = load.stop().await;
+    let last = acked.last().expect("acked").at.clone();
     // Every subscriber catches up to the last acknowledged publication.
-    for seen in &seens {
+    for seen in followers.iter().map(|f| &f.seen) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.lock().unwrap().pos.as_ref() != Some(&last) {
             assert!(
@@ -162,9 +109,8 @@ async fn a_server_dies_under_publish_load() {
             sleep(Duration::from_millis(50)).await;
         }
     }
-    stop.notify_waiters();
-    for s in subscribers {
-        let _ = timeout(Duration::from_secs(5), s).await;
+    for f in &mut followers {
+        f.stop().await;
     }
 
     // History still holds every acknowledged publication. Reading that many
@@ -201,24 +147,27 @@ async fn a_server_dies_under_publish_load() {
         .iter()
         .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
         .collect();
-    for (payload, at, _) in &acked {
+    for a in &acked {
         assert!(
-            stored.contains(payload),
-            "acknowledged {payload} at {at:?} lost from history"
+            stored.contains(&a.payload),
+            "acknowledged {} at {:?} lost from history",
+            a.payload,
+            a.at
         );
     }
-    for (i, seen) in seens.iter().enumerate() {
-        let seen = seen.lock().unwrap();
+    for (i, f) in followers.iter().enumerate() {
+        let seen = f.seen.lock().unwrap();
         assert!(
             seen.lost_until.is_empty(),
             "subscriber {i} was told recovered:false: {:?}",
             seen.log
         );
         let got: HashSet<&str> = seen.received.iter().map(String::as_str).collect();
-        for (payload, _, _) in &acked {
+        for a in &acked {
             assert!(
-                got.contains(payload.as_str()),
-                "subscriber {i} missed {payload}"
+                got.contains(a.payload.as_str()),
+                "subscriber {i} missed {}",
+                a.payload
             );
         }
         eprintln!(
@@ -232,6 +181,6 @@ async fn a_server_dies_under_publish_load() {
          {back_after:?}; {} acknowledged, {} failed (unavailable/timeout), none lost; \
          the full history read answered after {history_after:?}",
         acked.len(),
-        failures.lock().unwrap().len()
+        failures.len()
     );
 }

@@ -17,26 +17,13 @@
 //! - publishing and delivery work again within the failover time plus 5 s.
 
 use bytes::Bytes;
-use scaled_sockets_conformance::follower::{Acked, Seen, subscriber};
-use scaled_sockets_redis::{RedisConfig, RedisScaler};
-use scaled_sockets_scaler::{HistoryRequest, PublishOptions, Scaler, Topic};
+use scaled_sockets_conformance::follower::{Follower, PublishLoad, wait_received};
+use scaled_sockets_scaler::PublishOptions;
 use scaled_sockets_test_harness::RedisCluster;
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-use tokio::time::{Instant, sleep, timeout};
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
 
-async fn scaler(url: &str, prefix: &str) -> Arc<dyn Scaler> {
-    let config = RedisConfig::from_url(url)
-        .expect("url")
-        .with_prefix(prefix)
-        .with_command_timeout(Duration::from_secs(2))
-        .with_probe(Duration::from_millis(500), Duration::from_secs(2))
-        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
-    Arc::new(RedisScaler::connect(config).await.expect("connect"))
-}
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_dies_under_publish_load() {
@@ -48,102 +35,25 @@ async fn a_primary_dies_under_publish_load() {
         tokio::task::block_in_place(|| RedisCluster::start(3, Duration::from_millis(1000)));
     let url = cluster.url();
     let prefix = format!("failover-{}", uuid::Uuid::new_v4().simple());
-    let instances = [
-        scaler(&url, &prefix).await,
-        scaler(&url, &prefix).await,
-        scaler(&url, &prefix).await,
-    ];
+    let instances = support::failover_instances(&url, &prefix, 3).await;
     let channel = format!("load-{}", uuid::Uuid::new_v4().simple());
     // The slot of the channel's keys: they carry the channel as hash tag.
     let slot = cluster.slot_of(&channel);
     let victim = cluster.primary_of_slot(slot).expect("slot served");
 
     // Subscribers on B and C, positioned at the channel's top.
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut subscribers = Vec::new();
-    let mut seens = Vec::new();
-    let mut controls = Vec::new();
+    let mut followers = Vec::new();
     for (i, s) in instances.iter().enumerate().skip(1) {
-        let feed = s.open_feed(&format!("inst-{i}")).await.expect("feed");
-        feed.control
-            .subscribe(&[Topic::channel(channel.as_str())])
-            .await
-            .expect("subscribe");
-        let top = s
-            .history(&channel, &HistoryRequest::default())
-            .await
-            .expect("top")
-            .top;
-        controls.push(feed.control.clone());
-        let seen = Arc::new(Mutex::new(Seen {
-            pos: Some(top),
-            ..Seen::default()
-        }));
-        seens.push(seen.clone());
-        subscribers.push(tokio::spawn(subscriber(
-            s.clone(),
-            feed,
-            channel.clone(),
-            seen,
-            stop.clone(),
-        )));
+        followers.push(Follower::start(s, &format!("inst-{i}"), &channel).await);
     }
 
     // The publish load: every 10 ms, round-robin over the instances.
-    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
-    let failures: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
-    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let load = {
-        let (acked, failures, publishing) = (acked.clone(), failures.clone(), publishing.clone());
-        let instances = instances.clone();
-        let channel = channel.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while publishing.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                let payload = format!("m{n}");
-                let started = Instant::now();
-                let s = &instances[n as usize % 3];
-                match s
-                    .publish(
-                        &channel,
-                        Bytes::from(payload.clone()),
-                        &PublishOptions::default(),
-                    )
-                    .await
-                {
-                    Ok(at) => acked.lock().unwrap().push(Acked {
-                        payload,
-                        at,
-                        when: Instant::now(),
-                    }),
-                    Err(e) => {
-                        assert!(
-                            e.is_unavailable(),
-                            "a publish during the failover failed with {e:?}"
-                        );
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push((e.to_string(), started.elapsed()));
-                    }
-                }
-                sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let load = PublishLoad::start(&instances, &channel, PublishOptions::default());
 
     sleep(Duration::from_secs(1)).await;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = load.acked.lock().unwrap().len();
     assert!(before_kill > 20, "the load runs before the kill");
-    let old_epoch = acked
-        .lock()
-        .unwrap()
-        .last()
-        .expect("acked")
-        .at
-        .epoch
-        .clone();
+    let old_epoch = load.last_acked().expect("acked").epoch;
     let killed_at = Instant::now();
     tokio::task::block_in_place(|| cluster.kill_node(victim));
 
@@ -165,7 +75,8 @@ async fn a_primary_dies_under_publish_load() {
 
     // Publishing works again within the failover time plus 5 s.
     let recovered_at = loop {
-        let first_after = acked
+        let first_after = load
+            .acked
             .lock()
             .unwrap()
             .iter()
@@ -182,7 +93,7 @@ async fn a_primary_dies_under_publish_load() {
     };
     // Every feed is live again within the failover time plus 5 s.
     let deadline = promoted_at + Duration::from_secs(5);
-    while !controls.iter().all(|c| c.is_live()) {
+    while !followers.iter().all(|f| f.control.is_live()) {
         assert!(
             Instant::now() < deadline,
             "the feeds were not live again within 5 s of the failover"
@@ -192,8 +103,7 @@ async fn a_primary_dies_under_publish_load() {
     let live_again = promoted_at.elapsed();
     // Let the load run on the new primary, then stop it.
     sleep(Duration::from_secs(2)).await;
-    publishing.store(false, std::sync::atomic::Ordering::SeqCst);
-    load.await.expect("load task");
+    let (acked, failures) = load.stop().await;
 
     // Every subscriber gets a final publication.
     let final_payload = "final".to_owned();
@@ -217,71 +127,53 @@ async fn a_primary_dies_under_publish_load() {
             }
         }
     };
-    for (seen, control) in seens.iter().zip(&controls) {
-        let wait = Instant::now() + Duration::from_secs(3);
-        loop {
-            if seen.lock().unwrap().received.contains(&final_payload) {
-                break;
-            }
-            if Instant::now() >= wait {
-                let report = {
-                    let s = seen.lock().unwrap();
+    for f in &followers {
+        if !wait_received(&f.seen, &final_payload, Duration::from_secs(3)).await {
+            let report = {
+                let s = f.seen.lock().unwrap();
+                format!(
+                    "at {:?}, last {:?}, live {}, events {:?}",
+                    s.pos,
+                    s.received.last(),
+                    f.control.is_live(),
+                    s.log
+                )
+            };
+            let pubsub = format!("{prefix}:ch:{{{channel}}}:pub");
+            let subs: Vec<String> = cluster
+                .ports()
+                .iter()
+                .map(|p| {
                     format!(
-                        "at {:?}, last {:?}, live {}, events {:?}",
-                        s.pos,
-                        s.received.last(),
-                        control.is_live(),
-                        s.log
-                    )
-                };
-                let pubsub = format!("{prefix}:ch:{{{channel}}}:pub");
-                let subs: Vec<String> = cluster
-                    .ports()
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{p}: {} / {}",
-                            scaled_sockets_test_harness::redis_cli(
-                                *p,
-                                &["PUBSUB", "SHARDNUMSUB", &pubsub]
-                            )
-                            .replace('\n', " "),
-                            scaled_sockets_test_harness::redis_cli(*p, &["ROLE"])
-                                .lines()
-                                .next()
-                                .unwrap_or_default()
-                                .to_owned()
+                        "{p}: {} / {}",
+                        scaled_sockets_test_harness::redis_cli(
+                            *p,
+                            &["PUBSUB", "SHARDNUMSUB", &pubsub]
                         )
-                    })
-                    .collect();
-                panic!(
-                    "a subscriber did not get the final publication {fin:?}: {report}; slot {slot} on {:?}, subscribers {subs:?}",
-                    cluster.primary_of_slot(slot)
-                );
-            }
-            sleep(Duration::from_millis(50)).await;
+                        .replace('\n', " "),
+                        scaled_sockets_test_harness::redis_cli(*p, &["ROLE"])
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()
+                    )
+                })
+                .collect();
+            panic!(
+                "a subscriber did not get the final publication {fin:?}: {report}; slot {slot} on {:?}, subscribers {subs:?}",
+                cluster.primary_of_slot(slot)
+            );
         }
     }
-    stop.notify_waiters();
-    for s in subscribers {
-        let _ = timeout(Duration::from_secs(5), s).await;
+    for f in &mut followers {
+        f.stop().await;
     }
 
     // No acknowledged publication vanished silently.
-    let acked = acked.lock().unwrap();
-    let failures = failures.lock().unwrap();
-    for (i, seen) in seens.iter().enumerate() {
-        let seen = seen.lock().unwrap();
-        let got: HashSet<&str> = seen.received.iter().map(String::as_str).collect();
-        for a in acked.iter() {
-            assert!(
-                got.contains(a.payload.as_str()) || seen.reported(&a.at),
-                "subscriber {i}: acknowledged {} at {:?} neither delivered nor reported lost",
-                a.payload,
-                a.at
-            );
-        }
-        assert!(got.contains(final_payload.as_str()));
+    for (i, f) in followers.iter().enumerate() {
+        let seen = f.seen.lock().unwrap();
+        seen.assert_accounted_for(&acked, &format!("subscriber {i}"));
+        assert!(seen.received.contains(&final_payload));
         eprintln!(
             "subscriber {i}: {} received, {} interruptions, recovered:false {} times",
             seen.received.len(),
@@ -294,7 +186,7 @@ async fn a_primary_dies_under_publish_load() {
         fin.epoch, old_epoch,
         "a promoted replica starts a new epoch"
     );
-    let worst = failures.iter().map(|f| f.1).max().unwrap_or_default();
+    let worst = failures.iter().map(|f| f.took).max().unwrap_or_default();
     eprintln!(
         "failover: replica {promoted} took over from {victim} after {failover_time:?}; \
          first publish acknowledged {:?} after the kill; {} acknowledged, {} failed \

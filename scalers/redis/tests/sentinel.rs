@@ -13,16 +13,17 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use scaled_sockets_conformance::TestBackend;
-use scaled_sockets_conformance::follower::{Seen, subscriber};
+use scaled_sockets_conformance::follower::{Follower, PublishLoad, wait_received};
 use scaled_sockets_redis::{RedisConfig, RedisScaler};
-use scaled_sockets_scaler::{HistoryRequest, PublishOptions, Scaler, StreamPosition, Topic};
+use scaled_sockets_scaler::{PublishOptions, Scaler};
 use scaled_sockets_test_harness::RedisSentinel;
 use std::{
-    collections::HashSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
+
+mod support;
 
 struct Sentinel {
     redis: Mutex<RedisSentinel>,
@@ -70,94 +71,24 @@ async fn conformance_through_sentinel() {
     scaled_sockets_conformance::run_all(&backend).await;
 }
 
-async fn scaler(url: &str, prefix: &str) -> Arc<dyn Scaler> {
-    let config = RedisConfig::from_url(url)
-        .expect("url")
-        .with_prefix(prefix)
-        .with_command_timeout(Duration::from_secs(2))
-        .with_probe(Duration::from_millis(500), Duration::from_secs(2))
-        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
-    Arc::new(RedisScaler::connect(config).await.expect("connect"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_dies_under_publish_load() {
     let mut redis =
         tokio::task::block_in_place(|| RedisSentinel::start(Duration::from_millis(1000)));
     let url = redis.url();
     let prefix = format!("sentinel-{}", uuid::Uuid::new_v4().simple());
-    let instances = [
-        scaler(&url, &prefix).await,
-        scaler(&url, &prefix).await,
-        scaler(&url, &prefix).await,
-    ];
+    let instances = support::failover_instances(&url, &prefix, 3).await;
     let channel = format!("load-{}", uuid::Uuid::new_v4().simple());
     let victim = tokio::task::block_in_place(|| redis.primary_port()).expect("a primary");
 
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut subscribers = Vec::new();
-    let mut seens = Vec::new();
-    let mut controls = Vec::new();
+    let mut followers = Vec::new();
     for (i, s) in instances.iter().enumerate().skip(1) {
-        let feed = s.open_feed(&format!("inst-{i}")).await.expect("feed");
-        feed.control
-            .subscribe(&[Topic::channel(channel.as_str())])
-            .await
-            .expect("subscribe");
-        controls.push(feed.control.clone());
-        let top = s
-            .history(&channel, &HistoryRequest::default())
-            .await
-            .expect("top")
-            .top;
-        let seen = Arc::new(Mutex::new(Seen {
-            pos: Some(top),
-            ..Seen::default()
-        }));
-        seens.push(seen.clone());
-        subscribers.push(tokio::spawn(subscriber(
-            s.clone(),
-            feed,
-            channel.clone(),
-            seen,
-            stop.clone(),
-        )));
+        followers.push(Follower::start(s, &format!("inst-{i}"), &channel).await);
     }
-
-    let acked: Arc<Mutex<Vec<(String, StreamPosition, Instant)>>> = Arc::default();
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let load = {
-        let (acked, failures, publishing) = (acked.clone(), failures.clone(), publishing.clone());
-        let instances = instances.clone();
-        let channel = channel.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while publishing.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                let payload = format!("m{n}");
-                let s = &instances[n as usize % 3];
-                match s
-                    .publish(
-                        &channel,
-                        Bytes::from(payload.clone()),
-                        &PublishOptions::default(),
-                    )
-                    .await
-                {
-                    Ok(at) => acked.lock().unwrap().push((payload, at, Instant::now())),
-                    Err(e) => {
-                        assert!(e.is_unavailable(), "a publish failed with {e:?}");
-                        failures.lock().unwrap().push(e.to_string());
-                    }
-                }
-                sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let load = PublishLoad::start(&instances, &channel, PublishOptions::default());
 
     sleep(Duration::from_secs(1)).await;
-    let old_epoch = acked.lock().unwrap().last().expect("acked").1.epoch.clone();
+    let old_epoch = load.last_acked().expect("acked").epoch;
     let killed_at = Instant::now();
     tokio::task::block_in_place(|| redis.kill_server(victim));
     let promoted = loop {
@@ -175,11 +106,12 @@ async fn the_primary_dies_under_publish_load() {
     let promoted_at = Instant::now();
     let deadline = promoted_at + Duration::from_secs(5);
     loop {
-        let back = acked
+        let back = load
+            .acked
             .lock()
             .unwrap()
             .iter()
-            .any(|a| a.2 > killed_at && a.1.epoch != old_epoch);
+            .any(|a| a.when > killed_at && a.at.epoch != old_epoch);
         if back {
             break;
         }
@@ -190,7 +122,7 @@ async fn the_primary_dies_under_publish_load() {
         sleep(Duration::from_millis(50)).await;
     }
     let publish_back = promoted_at.elapsed();
-    while !controls.iter().all(|c| c.is_live()) {
+    while !followers.iter().all(|f| f.control.is_live()) {
         assert!(
             Instant::now() < deadline,
             "the feeds were not live again within 5 s of the promotion"
@@ -199,8 +131,7 @@ async fn the_primary_dies_under_publish_load() {
     }
     let live_again = promoted_at.elapsed();
     sleep(Duration::from_secs(2)).await;
-    publishing.store(false, std::sync::atomic::Ordering::SeqCst);
-    load.await.expect("load task");
+    let (acked, failures) = load.stop().await;
 
     let fin = instances[0]
         .publish(
@@ -210,40 +141,30 @@ async fn the_primary_dies_under_publish_load() {
         )
         .await
         .expect("publish after the failover");
-    for seen in &seens {
-        let wait = Instant::now() + Duration::from_secs(3);
-        while !seen.lock().unwrap().received.iter().any(|p| p == "final") {
-            if Instant::now() > wait {
-                let log = seen.lock().unwrap().log.clone();
-                panic!("the final publication {fin:?} was not delivered: {log:?}");
-            }
-            sleep(Duration::from_millis(20)).await;
+    for f in &followers {
+        if !wait_received(&f.seen, "final", Duration::from_secs(3)).await {
+            let log = f.seen.lock().unwrap().log.clone();
+            panic!("the final publication {fin:?} was not delivered: {log:?}");
         }
     }
-    stop.notify_waiters();
-    for s in subscribers {
-        let _ = timeout(Duration::from_secs(5), s).await;
+    for f in &mut followers {
+        f.stop().await;
     }
     assert_ne!(
         fin.epoch, old_epoch,
         "the promoted replica starts a new epoch"
     );
-    let acked = acked.lock().unwrap();
-    for (i, seen) in seens.iter().enumerate() {
-        let seen = seen.lock().unwrap();
-        let got: HashSet<&str> = seen.received.iter().map(String::as_str).collect();
-        for (payload, at, _) in acked.iter() {
-            assert!(
-                got.contains(payload.as_str()) || seen.reported(at),
-                "subscriber {i}: acknowledged {payload} at {at:?} neither delivered nor reported lost"
-            );
-        }
+    for (i, f) in followers.iter().enumerate() {
+        f.seen
+            .lock()
+            .unwrap()
+            .assert_accounted_for(&acked, &format!("subscriber {i}"));
     }
     eprintln!(
         "sentinel failover: {promoted} replaced {victim} after {failover_time:?}; publishing \
          back {publish_back:?} and feeds live {live_again:?} after the promotion; {} \
          acknowledged, {} failed (unavailable/timeout)",
         acked.len(),
-        failures.lock().unwrap().len()
+        failures.len()
     );
 }
