@@ -87,7 +87,8 @@ struct Conn {
     presence_chain: Option<oneshot::Receiver<()>>,
     /// Completion of this connection's latest session write.
     session_chain: Option<oneshot::Receiver<()>>,
-    /// `positions_fingerprint` and hub clock of the last session save.
+    /// `positions_fingerprint` and hub clock of the last session save (0: no
+    /// record written yet, see `Conn::has_record`).
     saved_fingerprint: u64,
     saved_at_ms: u64,
     /// Hub clock when the session's data was last renewed.
@@ -326,7 +327,12 @@ impl Conn {
                 hook.await;
             }
         });
-        self.write_session(record, Some(after));
+        match record {
+            Some(record) => self.write_session(record, Some(after)),
+            None => {
+                tokio::spawn(after);
+            }
+        }
     }
 }
 

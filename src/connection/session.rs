@@ -9,7 +9,9 @@
 //! - one per connection, `sessconn/<session>/<client>`: that connection's
 //!   subscriptions with the positions it last delivered, and whether it is
 //!   open. Each connection writes only its own record, so two tabs of one
-//!   session never overwrite each other's positions.
+//!   session never overwrite each other's positions. A connection writes its
+//!   first record once it has channels (a record without any would restore
+//!   nothing), so a connect costs no record write.
 //!
 //! A resume restores the channels of the session's connections that are no
 //! longer open (closed, or on an instance that died or does not answer),
@@ -254,6 +256,12 @@ impl Conn {
         if !head_written {
             self.write_head();
         }
+        // A record says which channels to restore; a connection with none
+        // yet writes its first when it has some (the next save after its
+        // first subscription), which spares a backend write per connect.
+        if wanted.is_empty() && taken.is_empty() {
+            return;
+        }
         let then: Option<futures_util::future::BoxFuture<'static, ()>> = if taken.is_empty() {
             None
         } else {
@@ -267,6 +275,7 @@ impl Conn {
                 }
             }))
         };
+        self.saved_at_ms = self.hub.clock_ms().max(1);
         self.write_session(
             ConnRecord {
                 open: true,
@@ -274,6 +283,12 @@ impl Conn {
             },
             then,
         );
+    }
+
+    /// Whether this connection has written its record (then every later
+    /// state must be written too, an empty one included, to replace it).
+    pub(super) fn has_record(&self) -> bool {
+        self.saved_at_ms != 0
     }
 
     /// Renews the head record (whose session this is) for a resume window,
@@ -311,8 +326,11 @@ impl Conn {
             return;
         }
         if let Some(record) = self.session_record() {
+            if record.subscriptions.is_empty() && !self.has_record() {
+                return;
+            }
             self.saved_fingerprint = fingerprint;
-            self.saved_at_ms = now;
+            self.saved_at_ms = now.max(1);
             self.write_session(record, None);
         }
     }
@@ -360,11 +378,15 @@ impl Conn {
     }
 
     /// The record at close: the positions last delivered (a subscription
-    /// still being set up keeps only its channel). Also renews the head, so
-    /// the session lives a resume window after this close.
-    pub(super) fn closing_record(&self) -> ConnRecord {
+    /// still being set up keeps only its channel); `None` when there is
+    /// nothing to record (no channels, no record written before). Also renews
+    /// the head, so the session lives a resume window after this close.
+    pub(super) fn closing_record(&self) -> Option<ConnRecord> {
         self.write_head();
-        ConnRecord {
+        if self.subs.is_empty() && !self.has_record() {
+            return None;
+        }
+        Some(ConnRecord {
             open: false,
             subscriptions: self
                 .subs
@@ -375,7 +397,7 @@ impl Conn {
                     epoch: sub.position.as_ref().map(|p| p.epoch.to_string()),
                 })
                 .collect(),
-        }
+        })
     }
 }
 

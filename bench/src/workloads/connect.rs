@@ -2,7 +2,7 @@
 //! flight. The floor does no auth: it gets the same tokens and ignores them.
 
 use super::{Cluster, Ctx, schedule};
-use crate::{load, results::Target, stats};
+use crate::{load, procs, results::Target, stats};
 use jsonwebtoken::{EncodingKey, Header};
 use std::{sync::Arc, time::Instant};
 use tokio::sync::Semaphore;
@@ -22,7 +22,17 @@ pub fn mint(secret: &str, sub: &str, exp: u64) -> Result<String, String> {
     .map_err(|e| format!("mint token: {e}"))
 }
 
-async fn run(ctx: &Ctx, target: Target) -> Result<(f64, stats::Latency), String> {
+/// What one W5 run measured.
+struct Outcome {
+    rate: f64,
+    latency: stats::Latency,
+    /// Server CPU (all instances) per connection, µs.
+    server_cpu_us: f64,
+    /// The Redis's CPU per connection, µs.
+    redis_cpu_us: f64,
+}
+
+async fn run(ctx: &Ctx, target: Target) -> Result<Outcome, String> {
     let kind = ctx.kind(target, &["--token-secret", SECRET]);
     let mut cluster = Cluster::start(ctx, &kind, 1).await?;
     let port = cluster.port(0);
@@ -36,6 +46,8 @@ async fn run(ctx: &Ctx, target: Target) -> Result<(f64, stats::Latency), String>
         &format!("{} W5: connect+subscribe", target.name()),
     );
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let server_ticks = cluster.cpu_ticks()?;
+    let redis_ticks = procs::cpu_ticks(cluster.redis.pid())?;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(CLIENTS);
     for (i, token) in tokens.into_iter().enumerate() {
@@ -63,20 +75,53 @@ async fn run(ctx: &Ctx, target: Target) -> Result<(f64, stats::Latency), String>
         samples.push(took);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let per_conn_us = |ticks: u64| ticks as f64 / procs::clock_ticks() * 1e6 / CLIENTS as f64;
+    let server_cpu_us = per_conn_us(cluster.cpu_ticks()?.saturating_sub(server_ticks));
+    let redis_cpu_us =
+        per_conn_us(procs::cpu_ticks(cluster.redis.pid())?.saturating_sub(redis_ticks));
     bar.finish_and_clear();
     cluster.check_alive()?;
     drop(conns);
     let latency = stats::latency(samples).ok_or("W5: no samples")?;
-    Ok((CLIENTS as f64 / elapsed, latency))
+    Ok(Outcome {
+        rate: CLIENTS as f64 / elapsed,
+        latency,
+        server_cpu_us,
+        redis_cpu_us,
+    })
 }
 
 pub async fn w5(ctx: &mut Ctx) -> Result<(), String> {
     let scenario = format!("1 inst, {CLIENTS} JWT clients");
     for (r, target) in schedule(ctx.args.runs) {
         eprintln!("   W5 run {} {}", r + 1, target.name());
-        let (rate, l) = run(ctx, target).await?;
+        let o = run(ctx, target).await?;
+        let l = o.latency;
         let res = &mut ctx.results;
-        res.record("W5", &scenario, "connect+subscribe/s", "1/s", target, rate);
+        res.record(
+            "W5",
+            &scenario,
+            "connect+subscribe/s",
+            "1/s",
+            target,
+            o.rate,
+        );
+        res.record(
+            "W5",
+            &scenario,
+            "server CPU per connect",
+            "µs",
+            target,
+            o.server_cpu_us,
+        );
+        res.record(
+            "W5",
+            &scenario,
+            "Redis CPU per connect",
+            "µs",
+            target,
+            o.redis_cpu_us,
+        );
         res.record(
             "W5",
             &scenario,
