@@ -333,3 +333,49 @@ async fn subscribing_while_the_session_restores_the_channel_is_answered() {
         assert!(answer["epoch"].is_string(), "{answer}");
     }
 }
+
+/// A subscriber that joins a channel while another subscriber's history read
+/// is on its way back must not take that read's top as its own: the read
+/// predates a publication fanned out before it was a member, which it would
+/// then never get (and if that publication is the channel's last, nothing
+/// would ever tell it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_does_not_share_a_read_older_than_its_join() {
+    let faulty = support::faulty::FaultyScaler::new();
+    let srv = TestServer::start(test_config("stale"), Arc::new(faulty.clone()), demo_app()).await;
+    let (mut early, _) = Raw::connect(&srv.url()).await;
+    let (mut late, _) = Raw::connect(&srv.url()).await;
+    faulty
+        .faults
+        .stale_history
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The early subscriber's read takes the top (nothing yet) and is slow to
+    // come back; meanwhile a publication is fanned out to it.
+    early
+        .send(json!({"type":"subscribe","id":1,"channel":"stale"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let offset = srv
+        .sockets
+        .publish(
+            "stale",
+            &scaled_sockets::Data::json(&json!("last")).unwrap(),
+        )
+        .await
+        .unwrap()
+        .offset;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The late subscriber joins while that read is still in flight.
+    let reply = late
+        .call(json!({"type":"subscribe","id":1,"channel":"stale"}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    if reply["offset"].as_u64() != Some(offset) {
+        let got = tokio::time::timeout(Duration::from_secs(1), late.recv_type("message"))
+            .await
+            .unwrap_or_else(|_| panic!("the late subscriber's top {reply} omits publication {offset}, which it never got"));
+        assert_eq!(got["offset"], offset, "{got}");
+    }
+    let first = early.recv_type("message").await;
+    assert_eq!(first["offset"], offset, "{first}");
+}

@@ -12,7 +12,7 @@
 use super::Conn;
 use crate::{
     error::{CommandError, ErrorCode},
-    hub::{Hub, bounded},
+    hub::{Hub, ReadTicket, bounded},
     mailbox::{ConnEvent, Outbound, SharedPage, SharedPublication},
     metrics::Metrics,
     protocol::{self, SubscriptionRequest},
@@ -123,6 +123,7 @@ impl Conn {
             let steps = async {
                 hub.join_topic(&Topic::Channel(channel.clone()), &handle)
                     .await?;
+                let ticket = hub.history_ticket();
                 let entry = PresenceEntry {
                     client: handle.client.to_string(),
                     user: handle.user.as_deref().map(str::to_owned),
@@ -133,7 +134,7 @@ impl Conn {
                 // presence write: one backend round trip instead of two.
                 let (added, history) = tokio::join!(
                     hub.scaler.presence_add(&channel, &entry),
-                    hub.read_history(channel.clone(), since.clone())
+                    hub.read_history(channel.clone(), since.clone(), ticket)
                 );
                 added?;
                 Ok(history)
@@ -273,7 +274,9 @@ impl Conn {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            let result = hub.read_history(channel.clone(), Some(since)).await;
+            let result = hub
+                .read_history(channel.clone(), Some(since), ReadTicket::ANY)
+                .await;
             handle.push(Outbound::Event(Box::new(ConnEvent::Repaired {
                 channel,
                 generation,

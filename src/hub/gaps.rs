@@ -13,7 +13,7 @@
 //! full checks. One check runs at a time; a request meanwhile sets a dirty
 //! flag and the running check goes round once more.
 
-use super::{Hub, lock};
+use super::{Hub, ReadTicket, lock};
 use crate::mailbox::{ConnEvent, Mailbox, Outbound};
 use futures_util::StreamExt;
 use scaled_sockets_scaler::{PresenceEntry, StreamPosition, Topic};
@@ -102,7 +102,10 @@ async fn check_channel(hub: &Arc<Hub>, channel: Arc<str>, restore_presence: bool
     if restore_presence {
         restore_channel_presence(hub, &channel).await;
     }
-    let top = match hub.read_history(channel.clone(), None).await {
+    let top = match hub
+        .read_history(channel.clone(), None, ReadTicket::ANY)
+        .await
+    {
         Ok(page) => page.top.clone(),
         Err(e) => {
             // Without a top we cannot tell who missed what: every subscriber

@@ -65,6 +65,7 @@ pub use directory::{ConnectionInfo, ConnectionList, MAX_LISTED_PER_INSTANCE};
 use gaps::GapChecks;
 pub(crate) use peers::{CoreSink, PeerMessage, RemoteAsks};
 use recovery::HistoryReads;
+pub(crate) use recovery::ReadTicket;
 pub(crate) use uploads::Upload;
 use uploads::Uploads;
 

@@ -28,6 +28,9 @@ pub struct Faults {
     pub unreachable_instances: std::sync::Mutex<Vec<String>>,
     /// `history` answers 300 ms late while this is set.
     pub slow_history: AtomicBool,
+    /// `history` reads its page at once but answers it 300 ms later while
+    /// this is set (a reply delayed on its way back).
+    pub stale_history: AtomicBool,
     /// Feeds silently drop every publication while this is set.
     pub drop_live: AtomicBool,
     /// Pushes events into the feeds opened so far, as if the backend sent them.
@@ -124,7 +127,11 @@ impl Scaler for FaultyScaler {
         if self.faults.slow_history.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        self.inner.history(channel, request).await
+        let page = self.inner.history(channel, request).await;
+        if self.faults.stale_history.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        page
     }
     async fn register_instance(&self, info: &InstanceInfo, ttl: Duration) -> Result<()> {
         self.inner.register_instance(info, ttl).await
