@@ -90,6 +90,53 @@ async fn a_fast_disconnect_leaves_no_subscription_or_presence_behind() {
     drop(srv);
 }
 
+/// A connection that closes while the feed is still subscribing its only
+/// channel (a slow backend) leaves no backend subscription behind: the
+/// instance must not go on receiving the traffic of a channel nobody here
+/// wants. (The narrower race of the test above, a leave checking the topic
+/// between the feed's confirmation and the joiner noting it, has no hook to
+/// force it: that test meets it now and then under load; the hub now keeps
+/// the feed's topics under its ops lock, so the check cannot miss one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_during_the_feed_subscribe_leaves_no_backend_subscription() {
+    let faulty = support::faulty::FaultyScaler::new();
+    let srv = TestServer::start(test_config("orphan"), Arc::new(faulty.clone()), demo_app()).await;
+    faulty
+        .faults
+        .slow_feed_subscribe
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for round in 0..3 {
+        let (mut raw, _) = Raw::connect(&srv.url()).await;
+        raw.send(json!({"type":"subscribe","id":1,"channel":format!("orphan-{round}")}))
+            .await;
+        // Closed while the subscribe waits on the feed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(raw);
+    }
+    // Every slow subscribe is done by now (200 ms each, one after the other).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut topics = u64::MAX;
+    for _ in 0..30 {
+        topics = metric(&srv, "backend_topics").await;
+        if topics == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(topics, 0, "a backend subscription outlived its only member");
+    // The channel still works for a later subscriber.
+    faulty
+        .faults
+        .slow_feed_subscribe
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (mut raw, _) = Raw::connect(&srv.url()).await;
+    let reply = raw
+        .call(json!({"type":"subscribe","id":1,"channel":"orphan-0"}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert_eq!(metric(&srv, "backend_topics").await, 1);
+}
+
 /// Finding 12: an unsubscribe quickly followed by a resubscribe could run the
 /// presence delete after the add (on another backend connection): the client
 /// is subscribed but missing from presence.

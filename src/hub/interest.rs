@@ -66,15 +66,17 @@ impl Hub {
                 let (tx, rx) = oneshot::channel();
                 lock(&self.pending_subscribes).push((topic.clone(), tx));
                 {
-                    let _ops = self.feed_ops.lock().await;
+                    let mut feed_topics = self.feed_ops.lock().await;
                     let batch = std::mem::take(&mut *lock(&self.pending_subscribes));
                     if !batch.is_empty() {
                         let topics: Vec<Topic> = batch.iter().map(|(t, _)| t.clone()).collect();
                         let result = self.feed.subscribe(&topics).await;
                         if result.is_ok() {
-                            self.metrics
-                                .backend_topics
-                                .fetch_add(topics.len() as u64, Ordering::Relaxed);
+                            for topic in topics {
+                                if feed_topics.insert(topic) {
+                                    self.metrics.backend_topics.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                         }
                         for (_, tx) in batch {
                             let _ = tx.send(result.clone());
@@ -94,6 +96,15 @@ impl Hub {
             self.leave_topic(topic, conn.key);
             return Err(e);
         }
+        // The connection may have left while the feed was being subscribed
+        // (a client that closes right after subscribing): then the topic may
+        // have no member left, and its subscription must not outlive it.
+        let unused = lock(&self.topics)
+            .get(topic)
+            .is_none_or(|entry| entry.members.is_empty());
+        if unused {
+            self.release_topic(topic);
+        }
         Ok(())
     }
 
@@ -106,26 +117,32 @@ impl Hub {
                 None => false,
             }
         };
-        if !now_empty {
-            return;
+        if now_empty {
+            self.release_topic(topic);
         }
+    }
+
+    /// Forgets `topic` and unsubscribes the feed from it if no local
+    /// connection wants it (checked again under the ops lock).
+    fn release_topic(self: &Arc<Self>, topic: &Topic) {
         let hub = self.clone();
         let topic = topic.clone();
         tokio::spawn(async move {
-            let _ops = hub.feed_ops.lock().await;
+            let mut feed_topics = hub.feed_ops.lock().await;
             // Re-check under the ops lock: somebody may have joined meanwhile.
-            let was_subscribed = {
+            {
                 let mut topics = lock(&hub.topics);
                 match topics.get(&topic) {
                     Some(entry) if entry.members.is_empty() => {
-                        let subscribed = entry.subscribed.initialized();
                         topics.remove(&topic);
-                        subscribed
                     }
-                    _ => return,
+                    Some(_) => return,
+                    None => {}
                 }
-            };
-            if was_subscribed {
+            }
+            // Subscribed by a joiner that has left since (its entry gone), or
+            // by this topic's last members: either way nobody wants it now.
+            if feed_topics.remove(&topic) {
                 hub.metrics.backend_topics.fetch_sub(1, Ordering::Relaxed);
                 let unsub = hub.feed.unsubscribe(std::slice::from_ref(&topic));
                 if let Err(e) = unsub.await {

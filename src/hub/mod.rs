@@ -78,8 +78,11 @@ pub(crate) struct Hub {
     pub(crate) metrics: Metrics,
     feed: Arc<dyn FeedControl>,
     /// Serialises feed subscribe/unsubscribe calls so an unsubscribe of a topic
-    /// that emptied can never overtake a newer subscribe of the same topic.
-    feed_ops: tokio::sync::Mutex<()>,
+    /// that emptied can never overtake a newer subscribe of the same topic;
+    /// holds the topics the feed is subscribed to (what `backend_topics`
+    /// counts), so one whose members all left while it was being subscribed
+    /// is still unsubscribed.
+    feed_ops: tokio::sync::Mutex<HashSet<Topic>>,
     /// Topics waiting for their feed subscribe, with whom to tell the result:
     /// the next holder of `feed_ops` subscribes them all in one call.
     pending_subscribes: Mutex<Vec<interest::PendingSubscribe>>,
@@ -166,7 +169,7 @@ impl Hub {
             scaler,
             metrics: Metrics::default(),
             feed: feed.control,
-            feed_ops: tokio::sync::Mutex::new(()),
+            feed_ops: tokio::sync::Mutex::new(HashSet::new()),
             pending_subscribes: Mutex::new(Vec::new()),
             topics: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),

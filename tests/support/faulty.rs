@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use scaled_sockets::MemoryScaler;
 use scaled_sockets::scaler::{
-    Capabilities, Feed, FeedEvent, HistoryPage, HistoryRequest, InstanceInfo, Lease, LeaseOutcome,
-    PresenceEntry, PublishOptions, PutMode, PutOptions, Result, Scaler, StreamPosition, Topic,
-    Versioned,
+    Capabilities, Feed, FeedControl, FeedEvent, HistoryPage, HistoryRequest, InstanceInfo, Lease,
+    LeaseOutcome, PresenceEntry, PublishOptions, PutMode, PutOptions, Result, Scaler,
+    StreamPosition, Topic, Versioned,
 };
 use std::{
     sync::{
@@ -33,6 +33,8 @@ pub struct Faults {
     pub stale_history: AtomicBool,
     /// Feeds silently drop every publication while this is set.
     pub drop_live: AtomicBool,
+    /// A feed's subscribe takes 200 ms more while this is set.
+    pub slow_feed_subscribe: AtomicBool,
     /// Pushes events into the feeds opened so far, as if the backend sent them.
     pub inject: std::sync::Mutex<Vec<mpsc::Sender<FeedEvent>>>,
 }
@@ -59,6 +61,29 @@ impl FaultyScaler {
             inner: MemoryScaler::new(),
             faults: Arc::default(),
         }
+    }
+}
+
+/// A feed control whose subscribes can be slowed down.
+#[derive(Debug)]
+struct SlowControl {
+    inner: Arc<dyn FeedControl>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl FeedControl for SlowControl {
+    async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
+        if self.faults.slow_feed_subscribe.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.inner.subscribe(topics).await
+    }
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
+        self.inner.unsubscribe(topics).await
+    }
+    fn is_live(&self) -> bool {
+        self.inner.is_live()
     }
 }
 
@@ -91,7 +116,10 @@ impl Scaler for FaultyScaler {
             }
         });
         Ok(Feed {
-            control,
+            control: Arc::new(SlowControl {
+                inner: control,
+                faults: self.faults.clone(),
+            }),
             events: rx,
         })
     }
