@@ -101,7 +101,7 @@ pub struct Args {
     /// Connections between accept and the end of their handshake at once; more wait in the listen backlog, 0 = no bound [default: 256]
     #[arg(long, env = "SCALED_SOCKETS_MAX_HANDSHAKES")]
     pub max_handshakes: Option<usize>,
-    /// Connections accepted per second; more wait in the listen backlog, 0 = no limit [default: 2000]
+    /// Connections accepted per second; more wait in the listen backlog, 0 = no limit [default: 10000]
     #[arg(long, env = "SCALED_SOCKETS_HANDSHAKE_RATE")]
     pub handshake_rate: Option<u32>,
     /// Prefix of every key and channel in the scaler backend [default: ss]

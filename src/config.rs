@@ -126,7 +126,7 @@ impl Default for Config {
             core_lease_ttl: Duration::from_secs(5),
             core_scan_interval: Duration::from_secs(1),
             max_handshakes: 256,
-            handshake_rate: 2000,
+            handshake_rate: 10_000,
         }
     }
 }
