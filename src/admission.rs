@@ -16,24 +16,139 @@
 
 use crate::rate_limit::TokenBucket;
 use std::{
-    sync::{Arc, Mutex},
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 /// Longest time one connection counts against `max_handshakes`.
 pub(crate) const MAX_HOLD: Duration = Duration::from_secs(2);
 
 /// Handshake slot of one accepted connection. It travels with the
 /// connection (in the first request's extensions, then into the connection
-/// task) and frees the slot when dropped: at the end of the handshake, or
-/// when the HTTP connection ends without an upgrade, or after the hold.
-#[derive(Debug, Clone)]
+/// task) and frees the slot when its last clone is dropped: at the end of the
+/// handshake, or when the HTTP connection ends without an upgrade. The gate
+/// takes it back after [`MAX_HOLD`] if it is still held.
+#[derive(Debug)]
 pub(crate) struct Slot {
-    // Shared because request extensions must be `Clone` and because the
-    // hold timer may take the permit first; the slot is released when the
-    // last clone is dropped or the timer fires. `None`: no bound on slots.
-    _permit: Option<Arc<Mutex<Option<OwnedSemaphorePermit>>>>,
+    /// The slot's entry in its gate's table (`None`: no bound on slots).
+    held: Option<(Arc<Mutex<Holds>>, Key)>,
+}
+
+/// An entry of [`Holds`]: its index, and the generation it was given under
+/// (an index is reused once its connection let go of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    index: usize,
+    generation: u32,
+}
+
+/// The slots held by admitted connections, in one table per gate rather
+/// than a timer task and a shared cell per connection: a burst of accepts
+/// leaves no per-connection allocations behind, only the table's entries,
+/// which the next connections reuse.
+#[derive(Debug, Default)]
+struct Holds {
+    entries: Vec<Hold>,
+    /// Indexes of entries no connection uses.
+    free: Vec<usize>,
+    /// When each hold ends at the latest, oldest first (`MAX_HOLD` is the
+    /// same for all, so admission order is deadline order).
+    deadlines: VecDeque<(Instant, Key)>,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    generation: u32,
+    /// `None` once released or taken back after `MAX_HOLD`.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Clones of the connection's [`Slot`] alive.
+    clones: u32,
+}
+
+impl Holds {
+    fn insert(&mut self, permit: OwnedSemaphorePermit, deadline: Instant) -> Key {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.entries.push(Hold::default());
+            self.entries.len() - 1
+        });
+        let hold = &mut self.entries[index];
+        hold.permit = Some(permit);
+        hold.clones = 1;
+        let key = Key {
+            index,
+            generation: hold.generation,
+        };
+        self.deadlines.push_back((deadline, key));
+        key
+    }
+
+    fn live(&mut self, key: Key) -> Option<&mut Hold> {
+        self.entries
+            .get_mut(key.index)
+            .filter(|hold| hold.generation == key.generation && hold.clones > 0)
+    }
+
+    /// Takes back the slots held past their deadline, and forgets the
+    /// deadlines of holds already released.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, key)) = self.deadlines.front() {
+            match self.live(key) {
+                Some(hold) if hold.permit.is_some() => {
+                    if deadline > now {
+                        break;
+                    }
+                    hold.permit = None;
+                }
+                _ => {}
+            }
+            self.deadlines.pop_front();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(deadline, _)| *deadline)
+    }
+}
+
+fn lock(holds: &Mutex<Holds>) -> std::sync::MutexGuard<'_, Holds> {
+    holds.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Self {
+        if let Some((holds, key)) = &self.held {
+            if let Some(hold) = lock(holds).live(*key) {
+                hold.clones += 1;
+            }
+        }
+        Self {
+            held: self.held.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some((holds, key)) = &self.held else {
+            return;
+        };
+        let mut holds = lock(holds);
+        let Some(hold) = holds.live(*key) else {
+            return;
+        };
+        hold.clones -= 1;
+        if hold.clones == 0 {
+            // Frees the slot (if the gate has not taken it back already).
+            hold.permit = None;
+            hold.generation = hold.generation.wrapping_add(1);
+            holds.free.push(key.index);
+        }
+    }
 }
 
 /// The gate one accept loop waits on before each accept.
@@ -41,6 +156,7 @@ pub(crate) struct Slot {
 pub(crate) struct Admission {
     /// `None`: handshakes in flight are not bounded.
     slots: Option<Arc<Semaphore>>,
+    holds: Arc<Mutex<Holds>>,
     bucket: TokenBucket,
     /// Pause when no token is left: the time one token takes to refill.
     refill: Duration,
@@ -62,6 +178,7 @@ impl Admission {
         };
         Self {
             slots,
+            holds: Arc::default(),
             bucket: TokenBucket::new(rate, (rate / 10).max(1)),
             refill,
             max_hold: MAX_HOLD,
@@ -71,14 +188,8 @@ impl Admission {
     /// Waits for a free handshake slot, then for a rate token. Cancel-safe:
     /// dropping the future gives back whatever it held.
     pub(crate) async fn admit(&mut self) -> Slot {
-        let permit = match &self.slots {
-            // The semaphore is never closed, so `acquire_owned` cannot fail.
-            Some(slots) => slots
-                .clone()
-                .acquire_owned()
-                .await
-                .ok()
-                .map(|p| Arc::new(Mutex::new(Some(p)))),
+        let permit = match self.slots.clone() {
+            Some(slots) => Some(self.free_slot(slots).await),
             None => None,
         };
         while !self.bucket.try_take() {
@@ -87,20 +198,36 @@ impl Admission {
             // the time slept, so a 1 ms sleep still lets the rate through.
             tokio::time::sleep(self.refill).await;
         }
-        if let Some(permit) = &permit {
-            // Weak: the timer must not keep a finished handshake's slot.
-            let held = Arc::downgrade(permit);
-            let max_hold = self.max_hold;
-            tokio::spawn(async move {
-                tokio::time::sleep(max_hold).await;
-                if let Some(held) = held.upgrade() {
-                    if let Ok(mut p) = held.lock() {
-                        p.take();
-                    }
-                }
-            });
+        let held = permit.map(|permit| {
+            let deadline = Instant::now() + self.max_hold;
+            let key = lock(&self.holds).insert(permit, deadline);
+            (self.holds.clone(), key)
+        });
+        Slot { held }
+    }
+
+    /// Waits for a slot, taking back the slots of connections that held
+    /// theirs longer than the hold while it waits.
+    async fn free_slot(&mut self, slots: Arc<Semaphore>) -> OwnedSemaphorePermit {
+        loop {
+            let next = {
+                let mut holds = lock(&self.holds);
+                holds.expire(Instant::now());
+                holds.next_deadline()
+            };
+            let acquire = slots.clone().acquire_owned();
+            let acquired = match next {
+                None => acquire.await,
+                Some(deadline) => tokio::select! {
+                    acquired = acquire => acquired,
+                    () = tokio::time::sleep_until(deadline) => continue,
+                },
+            };
+            // The semaphore is never closed.
+            if let Ok(permit) = acquired {
+                return permit;
+            }
         }
-        Slot { _permit: permit }
     }
 
     /// Slots free right now (for tests).
@@ -147,6 +274,22 @@ mod tests {
             .expect("the hold ends");
         assert!(start.elapsed() >= Duration::from_millis(80));
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn finished_handshakes_leave_nothing_behind() {
+        let mut gate = Admission::new(4, 0);
+        for _ in 0..1_000 {
+            let slot = gate.admit().await;
+            let copy = slot.clone();
+            drop(slot);
+            drop(copy);
+        }
+        let holds = lock(&gate.holds);
+        assert_eq!(holds.entries.len(), 1, "entries are reused");
+        assert!(holds.deadlines.len() <= 1, "{}", holds.deadlines.len());
+        drop(holds);
+        assert_eq!(gate.free(), 4);
     }
 
     #[tokio::test]
