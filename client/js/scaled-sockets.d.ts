@@ -242,3 +242,7 @@ export declare function httpBase(base: string): string;
 
 /** A reconnect delay for attempt `attempt` (full jitter). */
 export declare function backoffDelay(attempt: number, minMs: number, maxMs: number): number;
+/** Longest wait before reconnecting after a drain's `disconnect` push (ms). */
+export declare const DRAIN_SPREAD_MS: number;
+/** Delay before reconnecting after a drain: random in [0, DRAIN_SPREAD_MS). */
+export declare function drainDelay(): number;

@@ -2,8 +2,8 @@
 // browsers and Node >= 20. Wire protocol v1 (docs/protocol.md).
 //
 // One `Client` owns at most one connection at a time. It answers pings,
-// reconnects with exponential backoff and full jitter (at once after a
-// `disconnect` push with `reconnect: true`), resumes its session, and
+// reconnects with exponential backoff and full jitter (within a second after
+// a `disconnect` push with `reconnect: true`), resumes its session, and
 // re-subscribes every channel from the last message it delivered, so the
 // server replays what was missed; duplicates are dropped by offset.
 //
@@ -329,6 +329,17 @@ const KNOWN_TRANSPORTS = new Set(["websocket", "sse"]);
 export function backoffDelay(attempt, minMs, maxMs) {
   const cap = Math.min(maxMs, minMs * 2 ** Math.min(attempt + 1, 30));
   return Math.floor(Math.random() * Math.max(cap, 0));
+}
+
+/** Longest wait before reconnecting after a drain's `disconnect` push. */
+export const DRAIN_SPREAD_MS = 1000;
+
+/**
+ * Delay before reconnecting after a drain: random in [0, DRAIN_SPREAD_MS),
+ * so the clients of a draining instance do not all reach the others at once.
+ */
+export function drainDelay() {
+  return Math.floor(Math.random() * DRAIN_SPREAD_MS);
 }
 
 /** `exp` (ms since the epoch) of a JWT, or null when it is not a readable JWT. */
@@ -977,12 +988,14 @@ export class Client {
       this._stop(err);
       return;
     }
-    this._scheduleRetry(false);
+    this._scheduleRetry("backoff");
   }
 
-  _scheduleRetry(immediate) {
+  /** `when`: "now", "spread" (after a drain: drainDelay) or "backoff". */
+  _scheduleRetry(when) {
     if (this._closed || !this._running || this._retryTimer) return;
-    const delay = immediate ? 0 : backoffDelay(this._attempt, this._opts.minMs, this._opts.maxMs);
+    const delay =
+      when === "now" ? 0 : when === "spread" ? drainDelay() : backoffDelay(this._attempt, this._opts.minMs, this._opts.maxMs);
     this._attempt += 1;
     this._retryTimer = setTimeout(() => this._attemptConnection(), delay);
   }
@@ -1119,7 +1132,7 @@ export class Client {
       this._emit("disconnected", { code, reason: reason || conn.disconnect?.reason || "" });
     }
     if (conn.refreshing) {
-      this._scheduleRetry(true);
+      this._scheduleRetry("now");
       return;
     }
     const provider = !!this._opts.tokenProvider;
@@ -1127,7 +1140,7 @@ export class Client {
       // This transport could not even be opened (a proxy that refuses
       // WebSocket upgrades): the next one, at once.
       this._transportIndex = conn.fallback;
-      this._scheduleRetry(true);
+      this._scheduleRetry("now");
       return;
     }
     if (!welcomed) {
@@ -1148,11 +1161,14 @@ export class Client {
       this._stop(fatal);
       return;
     }
-    // At once when the server asked for it (draining, token expired), unless
+    // Soon when the server asked for it (draining: within DRAIN_SPREAD_MS,
+    // spread over the instance's clients; token expired: at once), unless
     // that connection itself was short-lived after failures: then a server
     // that keeps sending clients away is not hammered in a loop.
-    const asked = !!(told && told.reconnect) || (code === 4001 && provider);
-    this._scheduleRetry(asked && (this._attempt === 0 || Date.now() - conn.openedAt >= 1000));
+    const drained = !!(told && told.reconnect);
+    const asked = drained || (code === 4001 && provider);
+    const soon = asked && (this._attempt === 0 || Date.now() - conn.openedAt >= 1000);
+    this._scheduleRetry(soon ? (drained ? "spread" : "now") : "backoff");
   }
 
   /** Stops for good: rejects everything pending with `err`. */

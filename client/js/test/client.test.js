@@ -1,7 +1,7 @@
 // One demo instance (memory scaler): the API against a real server.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Client, ScaledSocketsError, socketUrl, httpBase, backoffDelay } from "../scaled-sockets.js";
+import { Client, ScaledSocketsError, socketUrl, httpBase, backoffDelay, drainDelay, DRAIN_SPREAD_MS } from "../scaled-sockets.js";
 import { WebSocket, deferred, freePort, makeJwt, sleep, startServer, stopAll, waitFor } from "./helpers.js";
 
 const opts = (extra = {}) => ({ WebSocket, reconnect: { minMs: 50, maxMs: 500 }, ...extra });
@@ -405,6 +405,15 @@ describe("helpers", () => {
     }
     const spread = new Set(Array.from({ length: 50 }, () => backoffDelay(3, 100, 10000)));
     assert.ok(spread.size > 10, "delays are spread");
+  });
+
+  test("after a drain, reconnects are spread over a second, not all at once", () => {
+    const delays = Array.from({ length: 200 }, () => drainDelay());
+    assert.ok(delays.every((d) => d >= 0 && d < DRAIN_SPREAD_MS), `${delays}`);
+    assert.equal(DRAIN_SPREAD_MS, 1000);
+    // A drained instance's clients do not all come back in one instant.
+    assert.ok(delays.filter((d) => d < 100).length < 100, "most wait");
+    assert.ok(new Set(delays).size > 50, "delays are spread");
   });
 });
 

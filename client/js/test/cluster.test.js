@@ -145,10 +145,10 @@ describe("cluster on Redis", () => {
     await waitFor(() => got.length === 1, 3000, "message");
   });
 
-  test("drain: the disconnect push with reconnect:true makes the client reconnect at once", async () => {
+  test("drain: the disconnect push with reconnect:true makes the client reconnect within a second", async () => {
     const draining = await instance("js-d1", ["--drain-timeout-ms", "3000"]);
     const other = await instance("js-d2");
-    // A long backoff: only the immediate reconnect can be fast.
+    // A long backoff: only the drain's spread reconnect (below 1 s) can be fast.
     const c = client([draining.url, other.url], { reconnect: { minMs: 5000, maxMs: 10000 } });
     const pub = client(other.url);
     await c.connect();
