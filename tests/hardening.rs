@@ -27,6 +27,19 @@ async fn metric(srv: &TestServer, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in {body}"))
 }
 
+/// Reads metric `name` until it equals `want` or `limit` passed; returns
+/// the last value read.
+async fn metric_settled(srv: &TestServer, name: &str, want: u64, limit: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = metric(srv, name).await;
+        if value == want || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Finding 1: `connect` + many `subscribe` + a close in one TCP write left the
 /// dead connection in the local members, its backend subscriptions and its
 /// presence entries behind.
@@ -74,16 +87,9 @@ async fn a_fast_disconnect_leaves_no_subscription_or_presence_behind() {
     )
     .await;
     assert_eq!(metric(&srv, "connections").await, 0);
-    let mut topics = u64::MAX;
-    for _ in 0..50 {
-        topics = metric(&srv, "backend_topics").await;
-        if topics == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        topics, 0,
+        metric_settled(&srv, "backend_topics", 0, Duration::from_secs(5)).await,
+        0,
         "backend subscriptions of closed connections remain"
     );
     // And a backend reconnect does not bring their presence back.
@@ -115,15 +121,11 @@ async fn a_close_during_the_feed_subscribe_leaves_no_backend_subscription() {
     }
     // Every slow subscribe is done by now (200 ms each, one after the other).
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut topics = u64::MAX;
-    for _ in 0..30 {
-        topics = metric(&srv, "backend_topics").await;
-        if topics == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(topics, 0, "a backend subscription outlived its only member");
+    assert_eq!(
+        metric_settled(&srv, "backend_topics", 0, Duration::from_secs(3)).await,
+        0,
+        "a backend subscription outlived its only member"
+    );
     // The channel still works for a later subscriber.
     faulty
         .faults
