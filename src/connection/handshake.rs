@@ -1,7 +1,7 @@
 //! The start of a connection: waiting for `connect`, authenticating it,
 //! resuming or creating the session, registering with the hub, `welcome`.
 
-use super::{Conn, io::Socket, session, transport::Transport};
+use super::{Conn, SubTable, io::Socket, session, transport::Transport};
 use crate::{
     app::App,
     auth::Identity,
@@ -13,11 +13,7 @@ use crate::{
 };
 use futures_util::StreamExt;
 use scaled_sockets_scaler::Topic;
-use std::{
-    borrow::Cow,
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{borrow::Cow, collections::HashSet, sync::Arc};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 async fn send_frame(t: &mut impl Transport, frame: String) -> bool {
@@ -252,7 +248,7 @@ pub(super) async fn welcome(
     let mut conn = Conn {
         handle: handle.clone(),
         identity,
-        subs: HashMap::default(),
+        subs: SubTable::default(),
         pending: HashSet::new(),
         rare: None,
         next_generation: 1,

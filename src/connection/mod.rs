@@ -8,6 +8,7 @@
 //! - [`handshake`]: `connect`, authentication, session resume, `welcome`.
 //! - [`commands`]: one function per client frame.
 //! - [`subscriptions`]: positions, ordered delivery, buffering and gap repair.
+//! - [`sub_table`]: the connection's subscriptions by channel.
 //! - [`session`]: the session record saved for resumption.
 //! - [`io`]: WebSocket settings, the read/write loop, closing.
 //! - [`sse`]: the HTTP fallback's loop: the same connection, its frames sent
@@ -19,6 +20,7 @@ mod handshake;
 mod io;
 mod session;
 mod sse;
+mod sub_table;
 mod subscriptions;
 mod transport;
 
@@ -46,7 +48,8 @@ use std::{
     sync::Arc,
     time::Instant,
 };
-use subscriptions::{ChannelSub, rolled_back};
+use sub_table::SubTable;
+use subscriptions::rolled_back;
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio_tungstenite::{
     WebSocketStream,
@@ -68,10 +71,8 @@ struct Conn {
     app: Arc<App>,
     handle: Arc<Mailbox>,
     identity: Identity,
-    /// Looked up for every delivered publication, so hashed with foldhash
-    /// rather than SipHash (the keys are this client's own channels, at most
-    /// `max_subscriptions` of them: nothing to flood).
-    subs: HashMap<Arc<str>, ChannelSub, foldhash::fast::RandomState>,
+    /// Looked up for every delivered publication (see `sub_table`).
+    subs: SubTable,
     pending: HashSet<u64>,
     /// What few connections ever need; `None` (8 bytes) until one does.
     rare: Option<Box<Rare>>,
