@@ -157,6 +157,17 @@ impl Hub {
             self.handle_peer_message(message).await;
             return Ok(());
         }
+        self.send_to_live_instance(client, instance, message).await
+    }
+
+    /// Sends `message` (about `client`) to `instance` if it is live;
+    /// `not_found` when it is gone.
+    pub(super) async fn send_to_live_instance(
+        &self,
+        client: &str,
+        instance: &str,
+        message: PeerMessage,
+    ) -> Result<(), CommandError> {
         if !self
             .live_instance_ids(Some(instance))
             .await?
@@ -167,6 +178,34 @@ impl Hub {
             )));
         }
         self.send_to_peer(instance, &message).await
+    }
+
+    /// Sends a message that expects an answer: `send` gets a fresh request
+    /// id to put in it; the answer (matched by that id in `remote_asks`) is
+    /// awaited at most `timeout`, past which the error says `late`.
+    pub(super) async fn peer_request<Fut>(
+        &self,
+        send: impl FnOnce(u64) -> Fut,
+        timeout: Duration,
+        late: &'static str,
+    ) -> Result<Data, CommandError>
+    where
+        Fut: std::future::Future<Output = Result<(), CommandError>>,
+    {
+        let request = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.remote_asks.0).insert(request, tx);
+        let result = match send(request).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(CommandError::internal("the answer was dropped")),
+                Err(_) => Err(CommandError::new(ErrorCode::Timeout, late)),
+            },
+            Err(e) => Err(e),
+        };
+        // Whatever happened (sent or not, answered or timed out), the entry goes.
+        lock(&self.remote_asks.0).remove(&request);
+        result
     }
 
     pub(crate) async fn handle_peer_message(&self, message: PeerMessage) {
@@ -304,30 +343,18 @@ impl Hub {
         }
         let raw = RawValue::from_string(data.get().to_owned())
             .map_err(|e| CommandError::bad_request(e.to_string()))?;
-        let request = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.remote_asks.0).insert(request, tx);
-        let message = PeerMessage::Ask {
-            client: client.to_owned(),
-            event: event.to_owned(),
-            data: raw,
-            request,
-            reply_to: self.id.to_string(),
+        let send = |request| {
+            let message = PeerMessage::Ask {
+                client: client.to_owned(),
+                event: event.to_owned(),
+                data: raw,
+                request,
+                reply_to: self.id.to_string(),
+            };
+            self.route(client, message)
         };
-        let result = match self.route(client, message).await {
-            Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(CommandError::internal("ask dropped")),
-                Err(_) => Err(CommandError::new(
-                    ErrorCode::Timeout,
-                    "the client did not answer in time",
-                )),
-            },
-            Err(e) => Err(e),
-        };
-        // Whatever happened (sent or not, answered or timed out), the entry goes.
-        lock(&self.remote_asks.0).remove(&request);
-        result
+        self.peer_request(send, timeout, "the client did not answer in time")
+            .await
     }
 
     /// Sends an encoded `tell` frame to every connection of a session.

@@ -85,30 +85,24 @@ impl Hub {
         if instance == &*self.id {
             return self.upload_local(session, client, seq, frames).await;
         }
-        let request = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.remote_asks.0).insert(request, tx);
-        let message = PeerMessage::Upload {
-            session: session.to_owned(),
-            client: client.to_owned(),
-            seq,
-            frames,
-            request,
-            reply_to: self.id.to_string(),
+        let send = |request| {
+            let message = PeerMessage::Upload {
+                session: session.to_owned(),
+                client: client.to_owned(),
+                seq,
+                frames,
+                request,
+                reply_to: self.id.to_string(),
+            };
+            self.send_to_live_instance(client, instance, message)
         };
-        let result = match self.route_to_instance(client, instance, message).await {
-            Ok(()) => match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
-                Ok(Ok(result)) => result.map(|_| ()),
-                Ok(Err(_)) => Err(CommandError::internal("upload dropped")),
-                Err(_) => Err(CommandError::new(
-                    ErrorCode::Timeout,
-                    "the stream's instance did not answer in time",
-                )),
-            },
-            Err(e) => Err(e),
-        };
-        lock(&self.remote_asks.0).remove(&request);
-        result
+        self.peer_request(
+            send,
+            FORWARD_TIMEOUT,
+            "the stream's instance did not answer in time",
+        )
+        .await
+        .map(drop)
     }
 
     /// The stream's side: checks the session and queues the frames.
@@ -180,23 +174,5 @@ impl Hub {
         if let Err(e) = self.send_to_peer(&reply_to, &reply).await {
             tracing::warn!(error = %e, "could not answer a forwarded upload");
         }
-    }
-
-    async fn route_to_instance(
-        &self,
-        client: &str,
-        instance: &str,
-        message: PeerMessage,
-    ) -> Result<(), CommandError> {
-        if !self
-            .live_instance_ids(Some(instance))
-            .await?
-            .contains(instance)
-        {
-            return Err(CommandError::not_found(format!(
-                "client `{client}`: its instance is gone"
-            )));
-        }
-        self.send_to_peer(instance, &message).await
     }
 }
