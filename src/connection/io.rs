@@ -185,11 +185,25 @@ enum Wake {
     Incoming(Option<Result<Message, WsError>>),
 }
 
-/// How writing a batch ended.
-enum Written {
+/// How writing a batch ended (on either transport).
+pub(super) enum Written {
     Done,
     Failed,
     Killed,
+}
+
+impl Written {
+    /// Whether the loop ends after this write, and how.
+    pub(super) fn exit(self, handle: &crate::mailbox::Mailbox) -> Option<Exit> {
+        match self {
+            Self::Done => None,
+            Self::Failed => Some(Exit::Gone),
+            Self::Killed => {
+                let (code, reason, reconnect) = handle.take_kill_reason();
+                Some(Exit::Close(code, reason, reconnect))
+            }
+        }
+    }
 }
 
 /// The connection's main loop.
@@ -301,13 +315,8 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
             })
             .await;
             out.clear();
-            match written {
-                Written::Done => {}
-                Written::Failed => break Exit::Gone,
-                Written::Killed => {
-                    let (code, reason, reconnect) = handle.take_kill_reason();
-                    break Exit::Close(code, reason, reconnect);
-                }
+            if let Some(exit) = written.exit(&handle) {
+                break exit;
             }
         }
     };

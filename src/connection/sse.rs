@@ -9,7 +9,11 @@
 //! already applied is acknowledged and ignored, so a client may retry a POST
 //! whose answer it did not get.
 
-use super::{Conn, Endpoint, handshake, io::Exit, transport::Transport};
+use super::{
+    Conn, Endpoint, handshake,
+    io::{Exit, Written},
+    transport::Transport,
+};
 use crate::{
     error::{CommandError, ErrorCode},
     hub::Upload,
@@ -145,13 +149,8 @@ async fn run(conn: &mut Conn, tx: &Tx, mut inbox: mpsc::Receiver<Upload>, mut ou
     let mut batch = VecDeque::new();
     let exit = 'conn: loop {
         if !out.is_empty() {
-            match write(conn, tx, encode(&out)).await {
-                Written::Done => {}
-                Written::Failed => break Exit::Gone,
-                Written::Killed => {
-                    let (code, reason, reconnect) = handle.take_kill_reason();
-                    break Exit::Close(code, reason, reconnect);
-                }
+            if let Some(exit) = write(conn, tx, encode(&out)).await.exit(&handle) {
+                break exit;
             }
             out.clear();
         }
@@ -303,12 +302,6 @@ fn encode(frames: &[Utf8Bytes]) -> Bytes {
         chunk.put_u8(b'\n');
     }
     chunk.freeze()
-}
-
-enum Written {
-    Done,
-    Failed,
-    Killed,
 }
 
 async fn send_chunk(tx: &Tx, chunk: Bytes) -> bool {
