@@ -72,6 +72,27 @@ pub(crate) fn number(v: &Value) -> Option<u64> {
     }
 }
 
+/// One call of the publish script for `channel` (single and pipelined
+/// publishes build it alike). `flag`: [`RedisScaler::cluster_flag`].
+fn publish_call(
+    keys: &crate::keys::Keys,
+    channel: &str,
+    payload: &Bytes,
+    options: &PublishOptions,
+    flag: &str,
+) -> scripts::Invocation<'static> {
+    let mut call = scripts::PUBLISH.prepare_invoke();
+    call.key(keys.channel_meta(channel))
+        .key(keys.channel_stream(channel))
+        .arg(payload.as_ref())
+        .arg(options.history_size.min(i64::MAX as usize))
+        .arg(ms(options.history_ttl))
+        .arg(new_epoch())
+        .arg(keys.topic_channel(&Topic::channel(channel)))
+        .arg(flag);
+    call
+}
+
 /// Parses a history stream id `<offset>-0`.
 fn stream_offset(v: &Value) -> Option<u64> {
     text(v)?.split_once('-')?.0.parse().ok()
@@ -225,16 +246,7 @@ impl Scaler for RedisScaler {
         options: &PublishOptions,
     ) -> Result<StreamPosition> {
         check_channel(channel)?;
-        let keys = self.keys();
-        let mut call = scripts::PUBLISH.prepare_invoke();
-        call.key(keys.channel_meta(channel))
-            .key(keys.channel_stream(channel))
-            .arg(payload.as_ref())
-            .arg(options.history_size.min(i64::MAX as usize))
-            .arg(ms(options.history_ttl))
-            .arg(new_epoch())
-            .arg(keys.topic_channel(&Topic::channel(channel)))
-            .arg(self.cluster_flag());
+        let call = publish_call(self.keys(), channel, &payload, options, self.cluster_flag());
         let (offset, epoch): (String, String) = self.pool().script(&call).await?;
         let offset = offset.parse().map_err(|_| backend("publish offset"))?;
         Ok(StreamPosition::new(offset, epoch))
@@ -275,18 +287,7 @@ impl Scaler for RedisScaler {
         let flag = self.cluster_flag();
         let calls: Vec<_> = items
             .iter()
-            .map(|(channel, payload)| {
-                let mut call = scripts::PUBLISH.prepare_invoke();
-                call.key(keys.channel_meta(channel))
-                    .key(keys.channel_stream(channel))
-                    .arg(payload.as_ref())
-                    .arg(options.history_size.min(i64::MAX as usize))
-                    .arg(ms(options.history_ttl))
-                    .arg(new_epoch())
-                    .arg(keys.topic_channel(&Topic::channel(channel.as_str())))
-                    .arg(flag);
-                call
-            })
+            .map(|(channel, payload)| publish_call(keys, channel, payload, options, flag))
             .collect();
         // By hash (`EVALSHA`); and, for a server that has not loaded the
         // script, the first by source (`EVAL` loads it there) and the rest by
