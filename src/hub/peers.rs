@@ -97,6 +97,27 @@ pub(crate) enum PeerMessage {
     },
 }
 
+impl PeerMessage {
+    /// The answer to request `request`: its data (`None` reads as an
+    /// error reply, so a success should carry some), or the error.
+    pub(super) fn reply(request: u64, result: Result<Option<Box<RawValue>>, CommandError>) -> Self {
+        match result {
+            Ok(data) => Self::AskReply {
+                request,
+                data,
+                code: None,
+                message: None,
+            },
+            Err(e) => Self::AskReply {
+                request,
+                data: None,
+                code: Some(e.code.as_str().to_owned()),
+                message: Some(e.message),
+            },
+        }
+    }
+}
+
 /// Where the hub hands core messages (implemented by the cores layer, which
 /// sits above the hub and registers itself with [`Hub::set_core_sink`]).
 ///
@@ -247,21 +268,10 @@ impl Hub {
                     }
                     None => Err(CommandError::not_found(format!("no client `{client}`"))),
                 };
-                let reply = match result {
-                    Ok(data) => PeerMessage::AskReply {
-                        request,
-                        data: Some(data.get().to_owned())
-                            .and_then(|s| RawValue::from_string(s).ok()),
-                        code: None,
-                        message: None,
-                    },
-                    Err(e) => PeerMessage::AskReply {
-                        request,
-                        data: None,
-                        code: Some(e.code.as_str().to_owned()),
-                        message: Some(e.message),
-                    },
-                };
+                let reply = PeerMessage::reply(
+                    request,
+                    result.map(|data| RawValue::from_string(data.get().to_owned()).ok()),
+                );
                 if reply_to == *self.id {
                     self.complete_remote_ask(reply);
                 } else if let Err(e) = self.send_to_peer(&reply_to, &reply).await {

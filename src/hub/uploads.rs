@@ -156,21 +156,11 @@ impl Hub {
             return;
         };
         let result = self.upload_local(&session, &client, seq, frames).await;
-        let reply = match result {
-            Ok(()) => PeerMessage::AskReply {
-                request,
-                // Not `null`: an absent `data` is how an error reply reads.
-                data: RawValue::from_string("true".to_owned()).ok(),
-                code: None,
-                message: None,
-            },
-            Err(e) => PeerMessage::AskReply {
-                request,
-                data: None,
-                code: Some(e.code.as_str().to_owned()),
-                message: Some(e.message),
-            },
-        };
+        // Not `null`: an absent `data` is how an error reply reads.
+        let reply = PeerMessage::reply(
+            request,
+            result.map(|()| RawValue::from_string("true".to_owned()).ok()),
+        );
         if let Err(e) = self.send_to_peer(&reply_to, &reply).await {
             tracing::warn!(error = %e, "could not answer a forwarded upload");
         }
