@@ -150,6 +150,14 @@ pub(super) enum Exit {
     Close(u16, Cow<'static, str>, bool),
 }
 
+impl Exit {
+    /// The close a kill asked for (`Mailbox::kill`).
+    pub(super) fn killed(handle: &crate::mailbox::Mailbox) -> Self {
+        let (code, reason, reconnect) = handle.take_kill_reason();
+        Self::Close(code, reason, reconnect)
+    }
+}
+
 pub(super) async fn send_close(ws: &mut Socket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
@@ -198,10 +206,7 @@ impl Written {
         match self {
             Self::Done => None,
             Self::Failed => Some(Exit::Gone),
-            Self::Killed => {
-                let (code, reason, reconnect) = handle.take_kill_reason();
-                Some(Exit::Close(code, reason, reconnect))
-            }
+            Self::Killed => Some(Exit::killed(handle)),
         }
     }
 }
@@ -244,10 +249,7 @@ pub(super) async fn run(conn: &mut Conn, ws: &mut Socket) {
         })
         .await;
         match wake {
-            Wake::Killed => {
-                let (code, reason, reconnect) = handle.take_kill_reason();
-                break Exit::Close(code, reason, reconnect);
-            }
+            Wake::Killed => break Exit::killed(&handle),
             Wake::Queued => {
                 if !write_delay.is_zero() {
                     // The coalescing window (`Config::write_delay`): whatever

@@ -176,10 +176,7 @@ async fn run(conn: &mut Conn, tx: &Tx, mut inbox: mpsc::Receiver<Upload>, mut ou
         })
         .await;
         match wake {
-            Wake::Killed => {
-                let (code, reason, reconnect) = handle.take_kill_reason();
-                break Exit::Close(code, reason, reconnect);
-            }
+            Wake::Killed => break Exit::killed(&handle),
             Wake::ClientGone => break Exit::Gone,
             Wake::KeepAlive => {
                 if let Written::Failed | Written::Killed =
